@@ -1,0 +1,20 @@
+# The two commands of README.md: `make demo` and `make test`. Each bootstraps what it needs.
+PY := .venv/bin/python
+
+.PHONY: bootstrap demo test lint typecheck unit netns
+
+bootstrap:
+	@scripts/bootstrap.sh
+
+demo: bootstrap
+	$(PY) -m netinit.demo
+
+lint: bootstrap
+	$(PY) -m ruff check netinit injector tests
+	$(PY) -m ruff format --check netinit injector tests
+
+typecheck: bootstrap
+	$(PY) -m mypy
+
+test: bootstrap lint typecheck
+	NETINIT_REQUIRE_NETNS_TESTS=1 $(PY) -m pytest -q -rs

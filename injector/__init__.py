@@ -1,0 +1,1 @@
+"""The sidecar injector (mutating admission webhook and offline kube-inject)."""

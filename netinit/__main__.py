@@ -1,0 +1,138 @@
+"""``netinit [FLAGS]``: istio-iptables-compatible capture. Thin: parse, gather facts, plan, apply.
+
+Exit codes: 0 done (or already in place), 2 bad input (nothing touched), 1 apply failed (rolled back),
+126 validation failed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import grp
+import os
+import pwd
+import sys
+from collections.abc import Mapping, Sequence
+
+from netinit import netns
+from netinit.backends import Applier, RestoreApplier, Runner, SubprocessRunner, detect_backend
+from netinit.config import HostFacts, parse_options, resolve
+from netinit.errors import ConfigError, NetinitError
+from netinit.plan import RuleSet, plan
+from netinit.redirect import cleanup, render_apply
+
+
+def _log(msg: str) -> None:
+    print(f"netinit: {msg}", file=sys.stderr)
+
+
+def _names(raw_values: Mapping[str, str]) -> tuple[dict[str, int], dict[str, int]]:
+    """Resolve only the user/group names that were actually given (no full passwd scan at start-up)."""
+    users: dict[str, int] = {}
+    groups: dict[str, int] = {}
+    for key in ("proxy_uid",):
+        for n in raw_values.get(key, "").split(","):
+            n = n.strip()
+            if n and not n.isdigit():
+                try:
+                    users[n] = pwd.getpwnam(n).pw_uid
+                except KeyError:
+                    pass
+    for key in ("proxy_gid", "ISTIO_OUTBOUND_OWNER_GROUPS", "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE"):
+        for n in raw_values.get(key, "").split(","):
+            n = n.strip()
+            if n and n != "*" and not n.isdigit():
+                try:
+                    groups[n] = grp.getgrnam(n).gr_gid
+                except KeyError:
+                    pass
+    return users, groups
+
+
+def make_applier(name: str, forced: str | None, runner: Runner) -> Applier:
+    if name == "iptc":
+        from netinit.iptc_applier import IptcApplier  # lazy: libiptc costs ~200 ms to import
+
+        return IptcApplier(runner)
+    return RestoreApplier(detect_backend(runner, forced), runner)
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None,
+         runner: Runner | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    env = os.environ if env is None else env
+    runner = runner or SubprocessRunner()
+    try:
+        raw = parse_options(argv, env)
+        # Enter the target namespace before looking at anything in it.
+        target = netns.netns_path(raw.values.get("network_namespace"), int(raw.pid) if (raw.pid or "").isdigit() else None)
+        dry_run = raw.flags["dry_run"]
+        if target is not None and not dry_run:
+            netns.enter(target)
+        try:
+            has4, has6 = netns.global_families()
+        except OSError as e:
+            if not dry_run:
+                raise ConfigError(f"netinit: cannot list the namespace's addresses: {e}") from None
+            has4, has6 = True, False  # --dry-run needs no privileges: plan for a plain IPv4 pod
+        if not has4 and not has6:
+            _log("no non-loopback address in this namespace; planning IPv4 only")
+            has4 = True
+        users, groups = _names(raw.values)
+        wants_dns = raw.flags["redirect_dns"] and not raw.flags["capture_all_dns"]
+        dns = netns.nameservers(netns.resolv_conf_for(raw.values.get("network_namespace"))) if wants_dns else ()
+        facts = HostFacts(has_global_ipv4=has4, has_global_ipv6=has6, dns_servers=dns,
+                          group_ids=groups, user_ids=users)
+        cfg, run = resolve(raw, facts, warn=_log)
+        ruleset = plan(cfg)
+
+        if run.dry_run:
+            for fam in ruleset.families():
+                print(f"# IPv{fam}: iptables-restore --noflush <<EOF")
+                sys.stdout.write(render_apply(ruleset.family(fam)))
+                print("# EOF")
+            return 0
+
+        if run.cleanup_only:
+            applier = make_applier(run.applier, run.force_iptables_binary, runner)
+            full = plan(dataclasses.replace(cfg, enable_ipv6=True))
+            out = cleanup(full, applier, _log)
+            _log(out.message)
+            return 0
+
+        if not run.skip_rule_apply:
+            from netinit.redirect import apply_ruleset
+
+            applier = make_applier(run.applier, run.force_iptables_binary, runner)
+            _log(f"backend: iptables-{applier.backend.flavor} via {applier.name}; "
+                 f"families: {', '.join(f'IPv{f}' for f in ruleset.families())}")
+            out = apply_ruleset(ruleset, applier, reconcile=run.reconcile, force=run.force_apply, log=_log)
+            _log(out.message)
+            _post_apply(cfg_mode=cfg.mode, ruleset=ruleset, mark=cfg.tproxy_mark, table=cfg.tproxy_route_table,
+                        inbound=bool(cfg.inbound_ports), runner=runner)
+        if run.run_validation:
+            from netinit.validate import validate
+
+            validate(cfg, _log)
+            _log("validation passed: outbound capture and proxy bypass work")
+        return 0
+    except NetinitError as e:
+        print(str(e), file=sys.stderr)
+        return e.exit_code
+
+
+def _post_apply(cfg_mode: str, ruleset: RuleSet, mark: int, table: int, inbound: bool, runner: Runner) -> None:
+    if ruleset.enable_ipv6:
+        res = runner.run(["ip", "-6", "addr", "replace", "::6/128", "dev", "lo"])
+        if res.returncode != 0:
+            raise ConfigError(f"netinit: cannot add ::6/128 to lo: {res.stderr.strip()}")
+    if cfg_mode == "TPROXY" and inbound:
+        netns.configure_tproxy_routes(mark, table, ruleset.enable_ipv6)
+
+
+def main_entry() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    main_entry()

@@ -1,0 +1,160 @@
+"""The python-iptables applier: the same restore payload, executed in-process through libiptc.
+
+Legacy backend only (libiptc writes x_tables; on nf_tables hosts its rules land where iptables-nft does not
+look). Each table is prepared with ``autocommit = False`` and committed as one atomic replace, so a table is
+never half-written; the ``Transaction`` snapshot covers the cross-table and cross-family cases.
+Reading the state (and the snapshot) still uses ``iptables-legacy-save``: its text is what the plan is
+compared with.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from netinit.backends import Backend, RestoreApplier, Runner
+from netinit.errors import ApplyError
+from netinit.plan import Family, Match, Rule
+from netinit.redirect import parse_save
+
+
+def parse_spec(table: str, chain: str, spec: str, insert_at: int | None = None) -> Rule:
+    """Inverse of ``Rule.spec()`` for the grammar netinit writes (and iptables-save prints for it)."""
+    toks = spec.split()
+    i = 0
+    fields: dict[str, str] = {}
+    matches: list[Match] = []
+    target = ""
+    topts: list[tuple[str, str | None]] = []
+    neg = False
+    while i < len(toks):
+        t = toks[i]
+        if t == "!":
+            neg = True
+            i += 1
+            continue
+        if t in ("-s", "-d", "-i", "-o", "-p"):
+            fields[t] = ("!" if neg else "") + toks[i + 1]
+            neg = False
+            i += 2
+        elif t == "-m":
+            module = toks[i + 1]
+            i += 2
+            opts: list[tuple[str, str]] = []
+            while i < len(toks) and toks[i] not in ("-m", "-j"):
+                n = toks[i] == "!"
+                if n:
+                    i += 1
+                opts.append((toks[i][2:], ("!" if n else "") + toks[i + 1]))
+                i += 2
+            matches.append(Match(module, tuple(opts)))
+        elif t == "-j":
+            target = toks[i + 1]
+            i += 2
+            while i < len(toks):
+                name = toks[i][2:]
+                if i + 1 < len(toks) and not toks[i + 1].startswith("--"):
+                    topts.append((name, toks[i + 1]))
+                    i += 2
+                else:
+                    topts.append((name, None))
+                    i += 1
+        else:
+            raise ApplyError(f"netinit: cannot interpret rule token {t!r} in {spec!r}")
+    return Rule(table, chain, target, tuple(topts), src=fields.get("-s"), dst=fields.get("-d"),
+                in_iface=fields.get("-i"), out_iface=fields.get("-o"), proto=fields.get("-p"),
+                matches=tuple(matches), insert_at=insert_at)
+
+
+def to_iptc(rule: Rule, iptc: Any, fam: Family) -> Any:
+    r = iptc.Rule6() if fam == 6 else iptc.Rule()
+    if rule.src:
+        r.src = rule.src
+    if rule.dst:
+        r.dst = rule.dst
+    if rule.in_iface:
+        r.in_interface = rule.in_iface
+    if rule.out_iface:
+        r.out_interface = rule.out_iface
+    if rule.proto:
+        r.protocol = rule.proto
+    for m in rule.matches:
+        mm = r.create_match(m.module)
+        for name, value in m.opts:
+            mm.set_parameter(name, value)
+    tg = r.create_target(rule.target)
+    for name, tvalue in rule.target_opts:
+        if tvalue is None:
+            tg.set_parameter(name)
+        else:
+            tg.set_parameter(name, tvalue)
+    return r
+
+
+class IptcApplier(RestoreApplier):
+    name = "iptc"
+
+    def __init__(self, runner: Runner) -> None:
+        super().__init__(Backend("legacy"), runner)
+
+    def apply(self, fam: Family, payload: str) -> None:
+        import iptc  # lazy: ~200 ms
+
+        current = parse_save(self.save(fam))
+        tables: list[Any] = []
+        try:
+            table = None
+            live: dict[str, list[str]] = {}
+            for line in payload.splitlines():
+                if line.startswith("*"):
+                    name = line[1:]
+                    table = (iptc.Table6 if fam == 6 else iptc.Table)(name)
+                    table.autocommit = False
+                    table.refresh()
+                    tables.append(table)
+                    live = {c: list(r) for c, r in current.get(name, parse_save("")).chains.items()} \
+                        if name in current else {}
+                    tname = name
+                    continue
+                if line == "COMMIT" or table is None:
+                    continue
+                op, rest = line.split(" ", 1)
+                if op.startswith(":"):
+                    chain = op[1:]
+                    if table.is_chain(chain):
+                        iptc.Chain(table, chain).flush()
+                    else:
+                        table.create_chain(chain)
+                    live[chain] = []
+                elif op == "-F":
+                    iptc.Chain(table, rest).flush()
+                    live[rest] = []
+                elif op == "-X":
+                    table.delete_chain(rest)
+                    live.pop(rest, None)
+                elif op == "-D":
+                    chain, spec = rest.split(" ", 1)
+                    idx = live.get(chain, []).index(spec)
+                    ch = iptc.Chain(table, chain)
+                    ch.delete_rule(ch.rules[idx])
+                    del live[chain][idx]
+                elif op in ("-A", "-I"):
+                    chain, spec = rest.split(" ", 1)
+                    pos = None
+                    if op == "-I":
+                        n, spec = spec.split(" ", 1)
+                        pos = int(n)
+                    rule = parse_spec(tname, chain, spec, pos)
+                    ch = iptc.Chain(table, chain)
+                    if pos is None:
+                        ch.append_rule(to_iptc(rule, iptc, fam))
+                        live.setdefault(chain, []).append(spec)
+                    else:
+                        ch.insert_rule(to_iptc(rule, iptc, fam), position=pos - 1)
+                        live.setdefault(chain, []).insert(pos - 1, spec)
+            for t in tables:
+                t.commit()
+        except (iptc.IPTCError, ValueError, KeyError) as e:
+            raise ApplyError(f"netinit: python-iptables apply failed on IPv{fam}: {e}") from e
+        finally:
+            for t in tables:
+                t.autocommit = True

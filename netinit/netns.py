@@ -1,0 +1,137 @@
+"""Network-namespace edge: enter a namespace, read its addresses and resolv.conf, program TPROXY routes.
+
+Only the standard library on the default path (start-up time is pod start-up time); pyroute2 is imported
+only by ``configure_tproxy_routes``, the one feature that needs it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import os
+import socket
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+from netinit.errors import ApplyError, ConfigError
+
+CLONE_NEWNET = 0x40000000
+NETNS_RUN_DIR = Path("/var/run/netns")
+
+
+def netns_path(name_or_path: str | None, pid: int | None) -> Path | None:
+    if pid is not None:
+        return Path(f"/proc/{pid}/ns/net")
+    if not name_or_path:
+        return None
+    return Path(name_or_path) if "/" in name_or_path else NETNS_RUN_DIR / name_or_path
+
+
+def enter(path: Path) -> None:
+    """setns(2) into the namespace at ``path`` (Python 3.11 has no os.setns)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as e:
+        raise ConfigError(f"netinit: cannot open network namespace {str(path)!r}: {e.strerror}") from None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise ConfigError(f"netinit: cannot enter network namespace {str(path)!r}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def resolv_conf_for(netns_name: str | None) -> Path:
+    """``ip netns exec`` bind-mounts /etc/netns/NAME/resolv.conf; honour the same file when given a name."""
+    if netns_name and "/" not in netns_name:
+        p = Path("/etc/netns") / netns_name / "resolv.conf"
+        if p.exists():
+            return p
+    return Path("/etc/resolv.conf")
+
+
+def nameservers(path: Path) -> tuple[str, ...]:
+    try:
+        text = path.read_text()
+    except OSError:
+        return ()
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "nameserver":
+            out.append(parts[1].split("%")[0])
+    return tuple(out)
+
+
+# --- addresses via a minimal rtnetlink dump (RTM_GETADDR), no pyroute2 --------------------------------------
+_RTM_GETADDR = 22
+_NLM_F_REQUEST = 1
+_NLM_F_DUMP = 0x300
+_NLMSG_DONE = 3
+_NLMSG_ERROR = 2
+_IFA_ADDRESS = 1
+_IFA_LOCAL = 2
+
+
+def addresses() -> Iterator[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """Every address of the current network namespace (IPv4 first, as the kernel dumps them)."""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as s:
+        for family in (socket.AF_INET, socket.AF_INET6):
+            req = struct.pack("=LHHLL", 16 + 8, _RTM_GETADDR, _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0)
+            req += struct.pack("=BBBBI", family, 0, 0, 0, 0)
+            s.sendto(req, (0, 0))
+            done = False
+            while not done:
+                data = s.recv(65536)
+                off = 0
+                while off + 16 <= len(data):
+                    length, typ, _flags, _seq, _pid = struct.unpack_from("=LHHLL", data, off)
+                    if typ == _NLMSG_DONE or typ == _NLMSG_ERROR or length < 16:
+                        done = True
+                        break
+                    fam = data[off + 16]
+                    attr_off = off + 16 + 8
+                    found = None
+                    while attr_off + 4 <= off + length:
+                        alen, atype = struct.unpack_from("=HH", data, attr_off)
+                        if alen < 4:
+                            break
+                        payload = data[attr_off + 4:attr_off + alen]
+                        if atype in (_IFA_LOCAL, _IFA_ADDRESS) and (found is None or atype == _IFA_LOCAL):
+                            found = payload
+                        attr_off += (alen + 3) & ~3
+                    if found is not None:
+                        yield ipaddress.ip_address(found) if fam == socket.AF_INET6 else ipaddress.IPv4Address(found)
+                    off += (length + 3) & ~3
+
+
+def global_families() -> tuple[bool, bool]:
+    """(has a non-loopback non-link-local IPv4, same for IPv6) — istio-iptables' getLocalIP test."""
+    v4 = v6 = False
+    for a in addresses():
+        if a.is_loopback or a.is_link_local:
+            continue
+        if a.version == 4:
+            v4 = True
+        else:
+            v6 = True
+    return v4, v6
+
+
+def configure_tproxy_routes(mark: int, table: int, ipv6: bool) -> None:
+    """``ip rule add fwmark MARK lookup TABLE`` + ``ip route add local default dev lo table TABLE``, idempotent."""
+    try:
+        from pyroute2 import IPRoute
+    except ImportError as e:  # pragma: no cover - packaging error
+        raise ApplyError(f"netinit: TPROXY mode needs pyroute2: {e}") from None
+    with IPRoute() as ipr:
+        lo = ipr.link_lookup(ifname="lo")[0]
+        for fam, dst in ((socket.AF_INET, "0.0.0.0/0"), (socket.AF_INET6, "::/0")):
+            if fam == socket.AF_INET6 and not ipv6:
+                continue
+            rules = ipr.get_rules(family=fam)
+            if not any(r.get_attr("FRA_FWMARK") == mark and r.get_attr("FRA_TABLE") == table for r in rules):
+                ipr.rule("add", family=fam, fwmark=mark, table=table)
+            ipr.route("replace", family=fam, dst=dst, type="local", scope="host", oif=lo, table=table)

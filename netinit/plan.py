@@ -1,0 +1,418 @@
+"""``plan(config) -> RuleSet``: the rules istio-iptables programs, in its order. Pure; no I/O.
+
+Each rule is structured data (addresses, interfaces, protocol, match modules, target) so that one plan
+feeds several renderers: iptables-restore text (apply and ``--dry-run``), python-iptables objects, and
+later the ``explain`` matcher. ``Rule.spec()`` prints a rule exactly as ``iptables-save`` prints it
+(legacy and nft print the same text), so the live state can be compared with the plan line by line.
+
+The order of the calls below is the order of istio-iptables' ``Run()`` (tools/istio-iptables/pkg/capture),
+studied from its source; the expectations in tests/unit/test_plan.py are our own.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+from netinit.config import DNS_LISTENER_PORT, WILDCARD, CaptureConfig, Network
+
+Family = Literal[4, 6]
+TABLE_ORDER = ("filter", "mangle", "nat", "raw")
+BUILTIN_CHAINS = frozenset({"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"})
+# Every chain netinit may own; cleanup and drift detection consider exactly these.
+OWN_CHAINS = frozenset({
+    "ISTIO_INBOUND", "ISTIO_REDIRECT", "ISTIO_IN_REDIRECT", "ISTIO_OUTPUT", "ISTIO_OUTPUT_DNS",
+    "ISTIO_DIVERT", "ISTIO_TPROXY", "ISTIO_DROP",
+})
+OUTBOUND_MARK = 1338
+
+
+@dataclass(frozen=True)
+class Match:
+    """One ``-m module`` with its options; a value starting with ``!`` is negated."""
+
+    module: str
+    opts: tuple[tuple[str, str], ...]
+
+    def render(self) -> str:
+        parts = [f"-m {self.module}"]
+        for name, value in self.opts:
+            if value.startswith("!"):
+                parts.append(f"! --{name} {value[1:]}")
+            else:
+                parts.append(f"--{name} {value}")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class Rule:
+    table: str
+    chain: str
+    target: str
+    target_opts: tuple[tuple[str, str | None], ...] = ()
+    src: str | None = None  # "!" prefix negates
+    dst: str | None = None
+    in_iface: str | None = None
+    out_iface: str | None = None
+    proto: str | None = None
+    matches: tuple[Match, ...] = ()
+    insert_at: int | None = None  # None: append
+
+    def spec(self) -> str:
+        """The rule as ``iptables-save`` prints it, without ``-A CHAIN``."""
+        parts: list[str] = []
+        for flag, val in (("-s", self.src), ("-d", self.dst), ("-i", self.in_iface), ("-o", self.out_iface),
+                          ("-p", self.proto)):
+            if val is not None:
+                parts.append(f"! {flag} {val[1:]}" if val.startswith("!") else f"{flag} {val}")
+        parts.extend(m.render() for m in self.matches)
+        parts.append(f"-j {self.target}")
+        for name, value in self.target_opts:
+            parts.append(f"--{name}" if value is None else f"--{name} {value}")
+        return " ".join(parts)
+
+    def line(self) -> str:
+        """The rule as a restore command (``-A``/``-I``)."""
+        if self.insert_at is None:
+            return f"-A {self.chain} {self.spec()}"
+        return f"-I {self.chain} {self.insert_at} {self.spec()}"
+
+    @property
+    def jumps_to_own_chain(self) -> bool:
+        return self.target in OWN_CHAINS
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """The plan: rules per family in istio-iptables' order (appends and positional inserts)."""
+
+    v4: tuple[Rule, ...]
+    v6: tuple[Rule, ...]
+    enable_ipv6: bool
+
+    def family(self, fam: Family) -> tuple[Rule, ...]:
+        return self.v4 if fam == 4 else self.v6
+
+    def families(self) -> tuple[Family, ...]:
+        return (4, 6) if self.enable_ipv6 else (4,)
+
+
+def tcp(**opts: str) -> Match:
+    return Match("tcp", tuple(opts.items()))
+
+
+def udp(**opts: str) -> Match:
+    return Match("udp", tuple(opts.items()))
+
+
+def owner(uid: str | None = None, gid: str | None = None) -> Match:
+    if uid is not None:
+        return Match("owner", (("uid-owner", uid),))
+    assert gid is not None
+    return Match("owner", (("gid-owner", gid),))
+
+
+def _port_match(proto: str, name: str, port: str) -> Match:
+    return Match(proto, ((name, port),))
+
+
+def hexmark(v: int) -> str:
+    return hex(v)
+
+
+class _Builder:
+    """Collects rules per family, like istio-iptables' rule builder (AppendRule/InsertRule/...V4/V6)."""
+
+    def __init__(self, enable_ipv6: bool) -> None:
+        self.v4: list[Rule] = []
+        self.v6: list[Rule] = []
+        self.enable_ipv6 = enable_ipv6
+
+    def v4_rule(self, r: Rule) -> None:
+        self.v4.append(r)
+
+    def v6_rule(self, r: Rule) -> None:
+        if self.enable_ipv6:
+            self.v6.append(r)
+
+    def both(self, r: Rule) -> None:
+        self.v4_rule(r)
+        self.v6_rule(r)
+
+    def versioned(self, make: Iterable[tuple[Family, Rule]]) -> None:
+        for fam, r in make:
+            (self.v4_rule if fam == 4 else self.v6_rule)(r)
+
+
+def _split_networks(nets: tuple[Network, ...]) -> tuple[list[str], list[str]]:
+    v4 = [str(n) for n in nets if n.version == 4]
+    v6 = [str(n) for n in nets if n.version == 6]
+    return v4, v6
+
+
+def _has_loopback(nets: tuple[Network, ...]) -> bool:
+    return any(n.network_address.is_loopback for n in nets)
+
+
+def plan(cfg: CaptureConfig) -> RuleSet:
+    """The ordered rule set istio-iptables would program for ``cfg``."""
+    b = _Builder(cfg.enable_ipv6)
+    lo4 = str(cfg.ipv4_loopback_cidr)
+    lo = {4: lo4, 6: "::1/128"}
+    passthrough = {4: "127.0.0.6/32", 6: "::6/128"}
+    tproxy = cfg.mode == "TPROXY"
+    mark = hexmark(cfg.tproxy_mark)
+    tunnel = str(cfg.inbound_tunnel_port)
+
+    def per_family(fn: object) -> Iterator[tuple[Family, Rule]]:
+        for fam in (4, 6):
+            yield fam, fn(fam)  # type: ignore[operator]
+
+    if cfg.outbound_cidrs == WILDCARD:
+        inc4: list[str] | str = WILDCARD
+        inc6: list[str] | str = WILDCARD
+        inc_loopback = False
+    else:
+        assert not isinstance(cfg.outbound_cidrs, str)
+        inc4, inc6 = _split_networks(cfg.outbound_cidrs)
+        inc_loopback = _has_loopback(cfg.outbound_cidrs)
+    exc4, exc6 = _split_networks(cfg.outbound_cidrs_exclude)
+
+    # Excluded interfaces short-circuit everything.
+    for iface in cfg.exclude_interfaces:
+        b.both(Rule("nat", "PREROUTING", "RETURN", in_iface=iface))
+        b.both(Rule("nat", "OUTPUT", "RETURN", out_iface=iface))
+    if tproxy:
+        for iface in cfg.exclude_interfaces:
+            b.both(Rule("mangle", "PREROUTING", "RETURN", in_iface=iface))
+            b.both(Rule("mangle", "OUTPUT", "RETURN", out_iface=iface))
+
+    # Inbound traffic from virtual interfaces is not captured as inbound.
+    for iface in cfg.kube_virt_interfaces:
+        b.both(Rule("nat", "PREROUTING", "RETURN", in_iface=iface, insert_at=1))
+
+    if cfg.drop_invalid:
+        b.both(Rule("mangle", "PREROUTING", "ISTIO_DROP", matches=(Match("conntrack", (("ctstate", "INVALID"),)),)))
+        b.both(Rule("mangle", "ISTIO_DROP", "DROP"))
+
+    b.both(Rule("nat", "ISTIO_INBOUND", "RETURN", proto="tcp", matches=(tcp(dport=tunnel),)))
+    b.both(Rule("nat", "ISTIO_REDIRECT", "REDIRECT", (("to-ports", str(cfg.proxy_port)),), proto="tcp"))
+    b.both(Rule("nat", "ISTIO_IN_REDIRECT", "REDIRECT", (("to-ports", str(cfg.inbound_capture_port)),), proto="tcp"))
+
+    _inbound(b, cfg, lo, mark)
+
+    b.both(Rule("nat", "OUTPUT", "ISTIO_OUTPUT"))
+    for port in cfg.outbound_ports_exclude:
+        b.both(Rule("nat", "ISTIO_OUTPUT", "RETURN", proto="tcp", matches=(tcp(dport=port),)))
+        b.both(Rule("nat", "ISTIO_OUTPUT", "RETURN", proto="udp", matches=(udp(dport=port),)))
+
+    b.versioned(per_family(lambda f: Rule("nat", "ISTIO_OUTPUT", "RETURN", src=passthrough[f], out_iface="lo")))
+
+    dns = cfg.redirect_dns
+    for kind, ids in (("uid", cfg.proxy_uids), ("gid", cfg.proxy_gids)):
+        for ident in ids:
+            own = owner(uid=ident) if kind == "uid" else owner(gid=ident)
+            neg = owner(uid="!" + ident) if kind == "uid" else owner(gid="!" + ident)
+            # App calls itself through a VIP: app -> Envoy outbound -> Envoy inbound -> app.
+            if dns and kind == "uid":
+                port_m = Match("multiport", (("dports", f"!53,{tunnel}"),))
+            else:
+                port_m = tcp(dport="!" + tunnel)
+            b.versioned(per_family(lambda f, port_m=port_m, own=own: Rule(
+                "nat", "ISTIO_OUTPUT", "ISTIO_IN_REDIRECT", dst="!" + lo[f], out_iface="lo", proto="tcp",
+                matches=(port_m, own))))
+            # App talks to itself over lo by pod IP: not captured (unless loopback is explicitly included).
+            if not inc_loopback:
+                if dns:
+                    b.both(Rule("nat", "ISTIO_OUTPUT", "RETURN", out_iface="lo", proto="tcp",
+                                matches=(tcp(dport="!53"), neg)))
+                else:
+                    b.both(Rule("nat", "ISTIO_OUTPUT", "RETURN", out_iface="lo", matches=(neg,)))
+            # The proxy's own traffic is never captured.
+            b.both(Rule("nat", "ISTIO_OUTPUT", "RETURN", matches=(own,)))
+
+    # Owner-group filter (env-only ISTIO_OUTBOUND_OWNER_GROUPS[_EXCLUDE]).
+    if cfg.owner_groups_include == WILDCARD:
+        for g in cfg.owner_groups_exclude:
+            b.both(Rule("nat", "ISTIO_OUTPUT", "RETURN", matches=(owner(gid=g),)))
+    else:
+        groups = tuple(owner(gid="!" + g) for g in cfg.owner_groups_include)
+        b.both(Rule("nat", "ISTIO_OUTPUT", "RETURN", matches=groups))
+
+    if dns:
+        _dns(b, cfg)
+
+    b.versioned(per_family(lambda f: Rule("nat", "ISTIO_OUTPUT", "RETURN", dst=lo[f])))
+    for c in exc4:
+        b.v4_rule(Rule("nat", "ISTIO_OUTPUT", "RETURN", dst=c))
+    for c in exc6:
+        b.v6_rule(Rule("nat", "ISTIO_OUTPUT", "RETURN", dst=c))
+
+    for port in cfg.outbound_ports:
+        b.both(Rule("nat", "ISTIO_OUTPUT", "ISTIO_REDIRECT", proto="tcp", matches=(tcp(dport=port),)))
+
+    for fam, inc in ((4, inc4), (6, inc6)):
+        add = b.v4_rule if fam == 4 else b.v6_rule
+        if inc == WILDCARD:
+            add(Rule("nat", "ISTIO_OUTPUT", "ISTIO_REDIRECT"))
+            for iface in cfg.kube_virt_interfaces:
+                add(Rule("nat", "PREROUTING", "ISTIO_REDIRECT", in_iface=iface, insert_at=1))
+        else:
+            for c in inc:
+                for iface in cfg.kube_virt_interfaces:
+                    add(Rule("nat", "PREROUTING", "ISTIO_REDIRECT", dst=c, in_iface=iface, insert_at=1))
+                add(Rule("nat", "ISTIO_OUTPUT", "ISTIO_REDIRECT", dst=c))
+
+    if tproxy:
+        _tproxy_tail(b, cfg, lo, mark)
+    return RuleSet(tuple(b.v4), tuple(b.v6), cfg.enable_ipv6)
+
+
+def _inbound(b: _Builder, cfg: CaptureConfig, lo: dict[int, str], mark: str) -> None:
+    if cfg.inbound_ports == () or cfg.inbound_ports == "":
+        return
+    tproxy = cfg.mode == "TPROXY"
+    table = "mangle" if tproxy else "nat"
+    if tproxy:
+        b.both(Rule("mangle", "ISTIO_DIVERT", "MARK", (("set-xmark", f"{mark}/0xffffffff"),)))
+        b.both(Rule("mangle", "ISTIO_DIVERT", "ACCEPT"))
+        for fam in (4, 6):
+            r = Rule("mangle", "ISTIO_TPROXY", "TPROXY",
+                     (("on-port", str(cfg.inbound_capture_port)), ("on-ip", "0.0.0.0" if fam == 4 else "::"),
+                      ("tproxy-mark", f"{mark}/0xffffffff")),
+                     dst="!" + lo[fam], proto="tcp")
+            (b.v4_rule if fam == 4 else b.v6_rule)(r)
+    b.both(Rule(table, "PREROUTING", "ISTIO_INBOUND", proto="tcp"))
+    established = Match("conntrack", (("ctstate", "RELATED,ESTABLISHED"),))
+    if cfg.inbound_ports == WILDCARD:
+        for port in cfg.inbound_ports_exclude:
+            b.both(Rule(table, "ISTIO_INBOUND", "RETURN", proto="tcp", matches=(tcp(dport=port),)))
+        if tproxy:
+            b.both(Rule("mangle", "ISTIO_INBOUND", "ISTIO_DIVERT", proto="tcp", matches=(established,)))
+            b.both(Rule("mangle", "ISTIO_INBOUND", "ISTIO_TPROXY", proto="tcp"))
+        else:
+            b.both(Rule("nat", "ISTIO_INBOUND", "ISTIO_IN_REDIRECT", proto="tcp"))
+        return
+    for port in cfg.inbound_ports:
+        if tproxy:
+            b.both(Rule("mangle", "ISTIO_INBOUND", "ISTIO_DIVERT", proto="tcp", matches=(tcp(dport=port), established)))
+            b.both(Rule("mangle", "ISTIO_INBOUND", "ISTIO_TPROXY", proto="tcp", matches=(tcp(dport=port),)))
+        else:
+            b.both(Rule("nat", "ISTIO_INBOUND", "ISTIO_IN_REDIRECT", proto="tcp", matches=(tcp(dport=port),)))
+
+
+def _dns(b: _Builder, cfg: CaptureConfig) -> None:
+    """DNS to the agent on 15053, with UDP split into two conntrack zones (istio-iptables' SetupDNSRedir)."""
+    to = (("to-ports", str(DNS_LISTENER_PORT)),)
+    all_dns = cfg.capture_all_dns
+    v4, v6 = cfg.dns_servers_v4, cfg.dns_servers_v6
+    b.both(Rule("raw", "OUTPUT", "ISTIO_OUTPUT_DNS"))
+    if all_dns or v4:
+        b.v4_rule(Rule("nat", "ISTIO_OUTPUT", "ISTIO_OUTPUT_DNS"))
+    if all_dns or v6:
+        b.v6_rule(Rule("nat", "ISTIO_OUTPUT", "ISTIO_OUTPUT_DNS"))
+    for proto, m in (("tcp", tcp(dport="53")), ("udp", udp(dport="53"))):
+        if all_dns:
+            b.both(Rule("nat", "ISTIO_OUTPUT_DNS", "REDIRECT", to, proto=proto, matches=(m,)))
+        else:
+            for s in v4:
+                b.v4_rule(Rule("nat", "ISTIO_OUTPUT_DNS", "REDIRECT", to, dst=f"{s}/32", proto=proto, matches=(m,)))
+            for s in v6:
+                b.v6_rule(Rule("nat", "ISTIO_OUTPUT_DNS", "REDIRECT", to, dst=f"{_v6(s)}/128", proto=proto,
+                               matches=(m,)))
+    # Conntrack zones: proxy <-> upstream resolvers in zone 1, app <-> proxy in zone 2.
+    for kind, ids in (("uid", cfg.proxy_uids), ("gid", cfg.proxy_gids)):
+        for ident in ids:
+            own = owner(uid=ident) if kind == "uid" else owner(gid=ident)
+            b.both(Rule("raw", "ISTIO_OUTPUT_DNS", "CT", (("zone", "1"),), proto="udp",
+                        matches=(udp(dport="53"), own)))
+            b.both(Rule("raw", "ISTIO_OUTPUT_DNS", "CT", (("zone", "2"),), proto="udp",
+                        matches=(udp(sport=str(DNS_LISTENER_PORT)), own)))
+    if all_dns:
+        b.both(Rule("raw", "PREROUTING", "ISTIO_INBOUND"))
+        b.both(Rule("raw", "ISTIO_OUTPUT_DNS", "CT", (("zone", "2"),), proto="udp", matches=(udp(dport="53"),)))
+        b.both(Rule("raw", "ISTIO_INBOUND", "CT", (("zone", "1"),), proto="udp", matches=(udp(sport="53"),)))
+        return
+    if v4:
+        b.v4_rule(Rule("raw", "PREROUTING", "ISTIO_INBOUND"))
+    for s in v4:
+        b.v4_rule(Rule("raw", "ISTIO_OUTPUT_DNS", "CT", (("zone", "2"),), dst=f"{s}/32", proto="udp",
+                       matches=(udp(dport="53"),)))
+        b.v4_rule(Rule("raw", "ISTIO_INBOUND", "CT", (("zone", "1"),), src=f"{s}/32", proto="udp",
+                       matches=(udp(sport="53"),)))
+    if v6:
+        b.v6_rule(Rule("raw", "PREROUTING", "ISTIO_INBOUND"))
+    for s in v6:
+        b.v6_rule(Rule("raw", "ISTIO_OUTPUT_DNS", "CT", (("zone", "2"),), dst=f"{_v6(s)}/128", proto="udp",
+                       matches=(udp(dport="53"),)))
+        b.v6_rule(Rule("raw", "ISTIO_INBOUND", "CT", (("zone", "1"),), src=f"{_v6(s)}/128", proto="udp",
+                       matches=(udp(sport="53"),)))
+
+
+def _v6(s: str) -> str:
+    return ipaddress.IPv6Address(s).compressed
+
+
+def _tproxy_tail(b: _Builder, cfg: CaptureConfig, lo: dict[int, str], mark: str) -> None:
+    omark = hexmark(OUTBOUND_MARK)
+    b.both(Rule("mangle", "PREROUTING", "CONNMARK",
+                (("save-mark", None), ("nfmask", "0xffffffff"), ("ctmask", "0xffffffff")),
+                proto="tcp", matches=(Match("mark", (("mark", mark),)),)))
+    b.both(Rule("mangle", "OUTPUT", "RETURN", out_iface="lo", proto="tcp", matches=(Match("mark", (("mark", mark),)),)))
+    for kind, ids in (("uid", cfg.proxy_uids), ("gid", cfg.proxy_gids)):
+        for ident in ids:
+            own = owner(uid=ident) if kind == "uid" else owner(gid=ident)
+            for fam in (4, 6):
+                r = Rule("mangle", "OUTPUT", "MARK", (("set-xmark", f"{omark}/0xffffffff"),),
+                         dst="!" + lo[fam], out_iface="lo", proto="tcp", matches=(own,))
+                (b.v4_rule if fam == 4 else b.v6_rule)(r)
+    b.both(Rule("mangle", "OUTPUT", "CONNMARK",
+                (("restore-mark", None), ("nfmask", "0xffffffff"), ("ctmask", "0xffffffff")),
+                proto="tcp", matches=(Match("connmark", (("mark", mark),)),)))
+    b.both(Rule("mangle", "ISTIO_INBOUND", "RETURN", proto="tcp", matches=(Match("mark", (("mark", mark),)),),
+                insert_at=1))
+    b.v4_rule(Rule("mangle", "ISTIO_INBOUND", "RETURN", src="127.0.0.6/32", in_iface="lo", proto="tcp", insert_at=2))
+    b.v6_rule(Rule("mangle", "ISTIO_INBOUND", "RETURN", src="::6/128", in_iface="lo", proto="tcp", insert_at=2))
+    b.both(Rule("mangle", "ISTIO_INBOUND", "RETURN", in_iface="lo", proto="tcp",
+                matches=(Match("mark", (("mark", "!" + omark),)),), insert_at=3))
+
+
+# --- the plan as table state ------------------------------------------------------------------------------
+
+@dataclass
+class TableState:
+    """Chains of one table -> their rule specs, in order (as iptables-save would list them)."""
+
+    chains: dict[str, list[str]] = field(default_factory=dict)
+
+    def own_chains(self) -> dict[str, list[str]]:
+        return {c: r for c, r in self.chains.items() if c in OWN_CHAINS}
+
+
+def desired_state(rules: Iterable[Rule]) -> dict[str, TableState]:
+    """Simulate the plan on empty tables: our chains' content and our rules in built-in chains."""
+    out: dict[str, TableState] = {}
+    for r in rules:
+        st = out.setdefault(r.table, TableState())
+        lst = st.chains.setdefault(r.chain, [])
+        if r.target in OWN_CHAINS:
+            out[r.table].chains.setdefault(r.target, [])
+        if r.insert_at is None:
+            lst.append(r.spec())
+        else:
+            lst.insert(r.insert_at - 1, r.spec())
+    return out
+
+
+def chains_in_order(rules: Iterable[Rule], table: str) -> list[str]:
+    """Our chains of ``table`` in first-use order (declarations in the restore payload)."""
+    seen: list[str] = []
+    for r in rules:
+        if r.table != table:
+            continue
+        for c in (r.chain, r.target):
+            if c in OWN_CHAINS and c not in seen:
+                seen.append(c)
+    return seen
