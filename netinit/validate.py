@@ -7,6 +7,7 @@ captured. The probe destination lies in TEST-NET-1 (192.0.2.0/24) unless the con
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import select
@@ -57,8 +58,8 @@ def _connect_as(uid: int, gid: int, dst: tuple[str, int]) -> int:
             s.connect(dst)
             s.close()
             os._exit(0)
-        except OSError:
-            os._exit(1)
+        except OSError as e:
+            os._exit(3 if e.errno == errno.ENETUNREACH else 1)
     return pid
 
 
@@ -89,7 +90,10 @@ def validate(cfg: CaptureConfig, log: Callable[[str], None], app_uid: int = 6553
     try:
         child = _connect_as(app_uid, app_uid, dst)
         conn = _accept(listener, timeout)
-        os.waitpid(child, 0)
+        _, status = os.waitpid(child, 0)
+        if conn is None and os.waitstatus_to_exitcode(status) == 3:
+            raise ValidationFailed(f"netinit: validation failed: no route to the probe destination {dst[0]} "
+                                   "(capture happens after routing; a pod needs a default route)")
         if conn is None:
             raise ValidationFailed(f"netinit: validation failed: a connection from uid {app_uid} to {dst[0]}:{dst[1]} "
                                    f"did not reach the outbound port {cfg.proxy_port}")
