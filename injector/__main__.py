@@ -10,8 +10,11 @@ import sys
 
 
 def main() -> None:
-    print("sidecar-injector: not built yet - the injector core (kube-inject) and the webhook (serve) are the "
-          "next milestones; netinit is available now.", file=sys.stderr)
+    print(
+        "sidecar-injector: not built yet - the injector core (kube-inject) and the webhook (serve) are the "
+        "next milestones; netinit is available now.",
+        file=sys.stderr,
+    )
     sys.exit(2)
 
 

@@ -56,15 +56,15 @@ def make_applier(name: str, forced: str | None, runner: Runner) -> Applier:
     return RestoreApplier(detect_backend(runner, forced), runner)
 
 
-def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None,
-         runner: Runner | None = None) -> int:
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None, runner: Runner | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     env = os.environ if env is None else env
     runner = runner or SubprocessRunner()
     try:
         raw = parse_options(argv, env)
         # Enter the target namespace before looking at anything in it.
-        target = netns.netns_path(raw.values.get("network_namespace"), int(raw.pid) if (raw.pid or "").isdigit() else None)
+        pid = int(raw.pid) if raw.pid and raw.pid.isdigit() else None
+        target = netns.netns_path(raw.values.get("network_namespace"), pid)
         dry_run = raw.flags["dry_run"]
         if target is not None and not dry_run:
             netns.enter(target)
@@ -80,8 +80,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         users, groups = _names(raw.values)
         wants_dns = raw.flags["redirect_dns"] and not raw.flags["capture_all_dns"]
         dns = netns.nameservers(netns.resolv_conf_for(raw.values.get("network_namespace"))) if wants_dns else ()
-        facts = HostFacts(has_global_ipv4=has4, has_global_ipv6=has6, dns_servers=dns,
-                          group_ids=groups, user_ids=users)
+        facts = HostFacts(has_global_ipv4=has4, has_global_ipv6=has6, dns_servers=dns, group_ids=groups, user_ids=users)
         cfg, run = resolve(raw, facts, warn=_log)
         ruleset = plan(cfg)
 
@@ -103,12 +102,20 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             from netinit.redirect import apply_ruleset
 
             applier = make_applier(run.applier, run.force_iptables_binary, runner)
-            _log(f"backend: iptables-{applier.backend.flavor} via {applier.name}; "
-                 f"families: {', '.join(f'IPv{f}' for f in ruleset.families())}")
+            _log(
+                f"backend: iptables-{applier.backend.flavor} via {applier.name}; "
+                f"families: {', '.join(f'IPv{f}' for f in ruleset.families())}"
+            )
             out = apply_ruleset(ruleset, applier, reconcile=run.reconcile, force=run.force_apply, log=_log)
             _log(out.message)
-            _post_apply(cfg_mode=cfg.mode, ruleset=ruleset, mark=cfg.tproxy_mark, table=cfg.tproxy_route_table,
-                        inbound=bool(cfg.inbound_ports), runner=runner)
+            _post_apply(
+                cfg_mode=cfg.mode,
+                ruleset=ruleset,
+                mark=cfg.tproxy_mark,
+                table=cfg.tproxy_route_table,
+                inbound=bool(cfg.inbound_ports),
+                runner=runner,
+            )
         if run.run_validation:
             from netinit.validate import validate
 

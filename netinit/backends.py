@@ -53,8 +53,9 @@ def _binaries(flavor: str) -> list[str]:
     return [f"{p}tables-{flavor}-{op}" for p in ("ip", "ip6") for op in ("save", "restore")]
 
 
-def detect_backend(runner: Runner, forced: str | None = None,
-                   which: Callable[[str], str | None] = shutil.which) -> Backend:
+def detect_backend(
+    runner: Runner, forced: str | None = None, which: Callable[[str], str | None] = shutil.which
+) -> Backend:
     """Like istio-iptables: legacy only when legacy already holds rules and works; else nft; else legacy.
 
     ``forced`` (``--force-iptables-binary``) skips detection but still checks the binaries exist.
@@ -85,9 +86,11 @@ def detect_backend(runner: Runner, forced: str | None = None,
         return Backend("nft")
     if legacy_ok:
         return Backend("legacy")
-    raise BackendError("netinit: no usable iptables backend (" + "; ".join(problems) + "). "
-                       "Install iptables (Debian: apt-get install iptables) and make sure the kernel has "
-                       "ip_tables or nf_tables with the nat table.")
+    raise BackendError(
+        "netinit: no usable iptables backend (" + "; ".join(problems) + "). "
+        "Install iptables (Debian: apt-get install iptables) and make sure the kernel has "
+        "ip_tables or nf_tables with the nat table."
+    )
 
 
 class Applier(Protocol):

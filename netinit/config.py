@@ -14,11 +14,11 @@ import ipaddress
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, NoReturn, Union
+from typing import Literal, NoReturn
 
 from netinit.errors import ConfigError
 
-Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Mode = Literal["REDIRECT", "TPROXY"]
 WILDCARD = "*"
 
@@ -31,59 +31,152 @@ DNS_LISTENER_PORT = 15053
 _IFACE_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_.-]*$")
 _NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_.-]*$")
 
-# (dest, short, long, env, default-env-fallback, help)
+# (dest, short, long, env, help)
 _STR_FLAGS: tuple[tuple[str, str | None, str, str, str], ...] = (
     ("envoy_port", "-p", "--envoy-port", "ENVOY_PORT", "port all outbound TCP is redirected to (15001)"),
-    ("inbound_capture_port", "-z", "--inbound-capture-port", "INBOUND_CAPTURE_PORT",
-     "port all inbound TCP is redirected to (15006)"),
-    ("inbound_tunnel_port", "-e", "--inbound-tunnel-port", "INBOUND_TUNNEL_PORT",
-     "inbound tunnel (HBONE) port, never captured (15008)"),
+    (
+        "inbound_capture_port",
+        "-z",
+        "--inbound-capture-port",
+        "INBOUND_CAPTURE_PORT",
+        "port all inbound TCP is redirected to (15006)",
+    ),
+    (
+        "inbound_tunnel_port",
+        "-e",
+        "--inbound-tunnel-port",
+        "INBOUND_TUNNEL_PORT",
+        "inbound tunnel (HBONE) port, never captured (15008)",
+    ),
     ("proxy_uid", "-u", "--proxy-uid", "PROXY_UID", "comma list of UIDs whose traffic is not captured (1337)"),
     ("proxy_gid", "-g", "--proxy-gid", "PROXY_GID", "comma list of GIDs whose traffic is not captured (= -u)"),
-    ("interception_mode", "-m", "--istio-inbound-interception-mode", "ISTIO_INBOUND_INTERCEPTION_MODE",
-     "REDIRECT (default) or TPROXY"),
+    (
+        "interception_mode",
+        "-m",
+        "--istio-inbound-interception-mode",
+        "ISTIO_INBOUND_INTERCEPTION_MODE",
+        "REDIRECT (default) or TPROXY",
+    ),
     ("tproxy_mark", "-t", "--istio-inbound-tproxy-mark", "ISTIO_INBOUND_TPROXY_MARK", "TPROXY packet mark (1337)"),
-    ("tproxy_route_table", "-r", "--istio-inbound-tproxy-route-table", "ISTIO_INBOUND_TPROXY_ROUTE_TABLE",
-     "TPROXY routing table (133)"),
-    ("inbound_ports", "-b", "--istio-inbound-ports", "ISTIO_INBOUND_PORTS",
-     "inbound ports to capture: '*' or a comma list; empty = no inbound capture"),
-    ("local_exclude_ports", "-d", "--istio-local-exclude-ports", "ISTIO_LOCAL_EXCLUDE_PORTS",
-     "inbound ports never captured (only with -b '*')"),
-    ("exclude_interfaces", "-c", "--istio-exclude-interfaces", "ISTIO_EXCLUDE_INTERFACES",
-     "interfaces whose traffic is never captured"),
-    ("service_cidr", "-i", "--istio-service-cidr", "ISTIO_SERVICE_CIDR",
-     "outbound CIDRs to capture: '*' or a comma list; empty = no outbound CIDR capture"),
-    ("service_exclude_cidr", "-x", "--istio-service-exclude-cidr", "ISTIO_SERVICE_EXCLUDE_CIDR",
-     "outbound CIDRs never captured"),
-    ("outbound_ports", "-q", "--istio-outbound-ports", "ISTIO_OUTBOUND_PORTS",
-     "outbound ports always captured"),
-    ("outbound_ports_exclude", "-o", "--istio-local-outbound-ports-exclude", "ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE",
-     "outbound ports never captured"),
-    ("kube_virt_interfaces", "-k", "--kube-virt-interfaces", "KUBE_VIRT_INTERFACES",
-     "virtual interfaces whose inbound traffic is treated as outbound"),
-    ("network_namespace", None, "--network-namespace", "NETWORK_NAMESPACE",
-     "apply in this network namespace (name under /var/run/netns, or a path)"),
-    ("force_iptables_binary", None, "--force-iptables-binary", "FORCE_IPTABLES_BINARY",
-     "legacy or nft: skip backend detection"),
+    (
+        "tproxy_route_table",
+        "-r",
+        "--istio-inbound-tproxy-route-table",
+        "ISTIO_INBOUND_TPROXY_ROUTE_TABLE",
+        "TPROXY routing table (133)",
+    ),
+    (
+        "inbound_ports",
+        "-b",
+        "--istio-inbound-ports",
+        "ISTIO_INBOUND_PORTS",
+        "inbound ports to capture: '*' or a comma list; empty = no inbound capture",
+    ),
+    (
+        "local_exclude_ports",
+        "-d",
+        "--istio-local-exclude-ports",
+        "ISTIO_LOCAL_EXCLUDE_PORTS",
+        "inbound ports never captured (only with -b '*')",
+    ),
+    (
+        "exclude_interfaces",
+        "-c",
+        "--istio-exclude-interfaces",
+        "ISTIO_EXCLUDE_INTERFACES",
+        "interfaces whose traffic is never captured",
+    ),
+    (
+        "service_cidr",
+        "-i",
+        "--istio-service-cidr",
+        "ISTIO_SERVICE_CIDR",
+        "outbound CIDRs to capture: '*' or a comma list; empty = no outbound CIDR capture",
+    ),
+    (
+        "service_exclude_cidr",
+        "-x",
+        "--istio-service-exclude-cidr",
+        "ISTIO_SERVICE_EXCLUDE_CIDR",
+        "outbound CIDRs never captured",
+    ),
+    ("outbound_ports", "-q", "--istio-outbound-ports", "ISTIO_OUTBOUND_PORTS", "outbound ports always captured"),
+    (
+        "outbound_ports_exclude",
+        "-o",
+        "--istio-local-outbound-ports-exclude",
+        "ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE",
+        "outbound ports never captured",
+    ),
+    (
+        "kube_virt_interfaces",
+        "-k",
+        "--kube-virt-interfaces",
+        "KUBE_VIRT_INTERFACES",
+        "virtual interfaces whose inbound traffic is treated as outbound",
+    ),
+    (
+        "network_namespace",
+        None,
+        "--network-namespace",
+        "NETWORK_NAMESPACE",
+        "apply in this network namespace (name under /var/run/netns, or a path)",
+    ),
+    (
+        "force_iptables_binary",
+        None,
+        "--force-iptables-binary",
+        "FORCE_IPTABLES_BINARY",
+        "legacy or nft: skip backend detection",
+    ),
 )
 
 # (dest, short, long, env, extra env consulted when the first is unset, help)
 _BOOL_FLAGS: tuple[tuple[str, str | None, str, str, str | None, str], ...] = (
     ("dry_run", "-n", "--dry-run", "DRY_RUN", None, "print the iptables-restore payloads; touch nothing"),
-    ("redirect_dns", None, "--redirect-dns", "REDIRECT_DNS", "ISTIO_META_DNS_CAPTURE",
-     "capture DNS to the resolv.conf nameservers and send it to 15053"),
-    ("capture_all_dns", None, "--capture-all-dns", "CAPTURE_ALL_DNS", None,
-     "with --redirect-dns: capture all port-53 traffic"),
-    ("drop_invalid", None, "--drop-invalid", "DROP_INVALID", "INVALID_DROP",
-     "drop conntrack-INVALID packets instead of letting them reset connections"),
-    ("dual_stack", None, "--dual-stack", "DUAL_STACK", "ISTIO_AGENT_DUAL_STACK",
-     "program IPv6 too whenever a global IPv6 address exists"),
-    ("run_validation", None, "--run-validation", "RUN_VALIDATION", None,
-     "after applying, prove capture works with real connections (exit 126 if not)"),
+    (
+        "redirect_dns",
+        None,
+        "--redirect-dns",
+        "REDIRECT_DNS",
+        "ISTIO_META_DNS_CAPTURE",
+        "capture DNS to the resolv.conf nameservers and send it to 15053",
+    ),
+    (
+        "capture_all_dns",
+        None,
+        "--capture-all-dns",
+        "CAPTURE_ALL_DNS",
+        None,
+        "with --redirect-dns: capture all port-53 traffic",
+    ),
+    (
+        "drop_invalid",
+        None,
+        "--drop-invalid",
+        "DROP_INVALID",
+        "INVALID_DROP",
+        "drop conntrack-INVALID packets instead of letting them reset connections",
+    ),
+    (
+        "dual_stack",
+        None,
+        "--dual-stack",
+        "DUAL_STACK",
+        "ISTIO_AGENT_DUAL_STACK",
+        "program IPv6 too whenever a global IPv6 address exists",
+    ),
+    (
+        "run_validation",
+        None,
+        "--run-validation",
+        "RUN_VALIDATION",
+        None,
+        "after applying, prove capture works with real connections (exit 126 if not)",
+    ),
     ("skip_rule_apply", None, "--skip-rule-apply", "SKIP_RULE_APPLY", None, "do not apply rules"),
     ("reconcile", None, "--reconcile", "RECONCILE", None, "replace drifted rules of ours"),
-    ("cleanup_only", None, "--cleanup-only", "CLEANUP_ONLY", None,
-     "remove our chains and jumps (foreign rules stay)"),
+    ("cleanup_only", None, "--cleanup-only", "CLEANUP_ONLY", None, "remove our chains and jumps (foreign rules stay)"),
     ("force_apply", None, "--force-apply", "FORCE_APPLY", None, "re-apply even when the rules are in place"),
 )
 
@@ -121,7 +214,7 @@ class CaptureConfig:
     kube_virt_interfaces: tuple[str, ...] = ()
     owner_groups_include: str | tuple[str, ...] = WILDCARD
     owner_groups_exclude: tuple[str, ...] = ()
-    ipv4_loopback_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("127.0.0.1/32")
+    ipv4_loopback_cidr: ipaddress.IPv4Network = field(default=ipaddress.IPv4Network("127.0.0.1/32"))
     redirect_dns: bool = False
     capture_all_dns: bool = False
     drop_invalid: bool = False
@@ -179,8 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
         names = [n for n in (short, long) if n]
         p.add_argument(*names, dest=dest, action="store_const", const=True, default=None, help=f"{help_} [${env}]")
     p.add_argument("--pid", default=None, metavar="PID", help="apply in the network namespace of this process")
-    p.add_argument("--applier", choices=("restore", "iptc"), default="restore",
-                   help="restore: iptables-restore (default); iptc: python-iptables in-process (legacy only)")
+    p.add_argument(
+        "--applier",
+        choices=("restore", "iptc"),
+        default="restore",
+        help="restore: iptables-restore (default); iptc: python-iptables in-process (legacy only)",
+    )
     return p
 
 
@@ -221,8 +318,11 @@ def parse_options(argv: Sequence[str], env: Mapping[str, str]) -> RawOptions:
         if v is None and fallback:
             v = _env_bool(env, fallback)
         flags[dest] = bool(v)
-    for name in ("ISTIO_OUTBOUND_OWNER_GROUPS", "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE",
-                 "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR"):
+    for name in (
+        "ISTIO_OUTBOUND_OWNER_GROUPS",
+        "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE",
+        "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR",
+    ):
         if name in env:
             values[name] = env[name]
     return RawOptions(values=values, flags=flags, pid=ns.pid, applier=ns.applier)
@@ -305,12 +405,17 @@ def _uint(flag: str, value: str, lo: int, hi: int) -> int:
     return int(v)
 
 
-def resolve(raw: RawOptions, facts: HostFacts, warn: Callable[[str], None] = lambda _m: None,
-            ) -> tuple[CaptureConfig, RunOptions]:
+def resolve(
+    raw: RawOptions,
+    facts: HostFacts,
+    warn: Callable[[str], None] = lambda _m: None,
+) -> tuple[CaptureConfig, RunOptions]:
     """Validate every value; return what to program and how to run. Raises ConfigError."""
     v = raw.values
     proxy_port = parse_port("-p/--envoy-port", v.get("envoy_port") or str(DEFAULT_PROXY_PORT))
-    in_port = parse_port("-z/--inbound-capture-port", v.get("inbound_capture_port") or str(DEFAULT_INBOUND_CAPTURE_PORT))
+    in_port = parse_port(
+        "-z/--inbound-capture-port", v.get("inbound_capture_port") or str(DEFAULT_INBOUND_CAPTURE_PORT)
+    )
     tunnel = parse_port("-e/--inbound-tunnel-port", v.get("inbound_tunnel_port") or str(DEFAULT_INBOUND_TUNNEL_PORT))
     uids = _ids("-u/--proxy-uid", v.get("proxy_uid") or DEFAULT_PROXY_UID, facts.user_ids, "uid")
     gids = _ids("-g/--proxy-gid", v["proxy_gid"], facts.group_ids, "gid") if v.get("proxy_gid") else uids
@@ -322,10 +427,14 @@ def resolve(raw: RawOptions, facts: HostFacts, warn: Callable[[str], None] = lam
     mark = _uint("-t/--istio-inbound-tproxy-mark", v.get("tproxy_mark") or "1337", 1, 2**32 - 1)
     table = _uint("-r/--istio-inbound-tproxy-route-table", v.get("tproxy_route_table") or "133", 1, 2**32 - 1)
     if table in (253, 254, 255):
-        raise _bad("-r/--istio-inbound-tproxy-route-table", str(table), "253-255 are the kernel's default/main/local tables")
+        raise _bad(
+            "-r/--istio-inbound-tproxy-route-table", str(table), "253-255 are the kernel's default/main/local tables"
+        )
 
     inbound_raw = (v.get("inbound_ports") or "").strip()
-    inbound: str | tuple[str, ...] = WILDCARD if inbound_raw == WILDCARD else _port_list("-b/--istio-inbound-ports", inbound_raw)
+    inbound: str | tuple[str, ...] = (
+        WILDCARD if inbound_raw == WILDCARD else _port_list("-b/--istio-inbound-ports", inbound_raw)
+    )
     in_excl = _port_list("-d/--istio-local-exclude-ports", v.get("local_exclude_ports") or "")
     if in_excl and inbound != WILDCARD:
         warn("-d/--istio-local-exclude-ports only applies with -b '*'; it is ignored here (as in istio-iptables)")
@@ -333,7 +442,9 @@ def resolve(raw: RawOptions, facts: HostFacts, warn: Callable[[str], None] = lam
     out_excl = _port_list("-o/--istio-local-outbound-ports-exclude", v.get("outbound_ports_exclude") or "")
 
     cidr_raw = (v.get("service_cidr") or "").strip()
-    cidrs: str | tuple[Network, ...] = WILDCARD if cidr_raw == WILDCARD else _networks("-i/--istio-service-cidr", cidr_raw)
+    cidrs: str | tuple[Network, ...] = (
+        WILDCARD if cidr_raw == WILDCARD else _networks("-i/--istio-service-cidr", cidr_raw)
+    )
     excl_raw = (v.get("service_exclude_cidr") or "").strip()
     if WILDCARD in split_list(excl_raw):
         raise _bad("-x/--istio-service-exclude-cidr", excl_raw, "'*' would exclude everything; list CIDRs instead")
@@ -345,10 +456,15 @@ def resolve(raw: RawOptions, facts: HostFacts, warn: Callable[[str], None] = lam
     og_inc_raw = v.get("ISTIO_OUTBOUND_OWNER_GROUPS", WILDCARD).strip() or WILDCARD
     og_exc_raw = v.get("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE", "").strip()
     if og_inc_raw != WILDCARD and og_exc_raw:
-        raise ConfigError("netinit: ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE only applies when "
-                          f"ISTIO_OUTBOUND_OWNER_GROUPS is '*' (got {og_inc_raw!r})")
-    og_inc: str | tuple[str, ...] = (WILDCARD if og_inc_raw == WILDCARD else
-                                     _ids("ISTIO_OUTBOUND_OWNER_GROUPS", og_inc_raw, facts.group_ids, "group"))
+        raise ConfigError(
+            "netinit: ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE only applies when "
+            f"ISTIO_OUTBOUND_OWNER_GROUPS is '*' (got {og_inc_raw!r})"
+        )
+    og_inc: str | tuple[str, ...] = (
+        WILDCARD
+        if og_inc_raw == WILDCARD
+        else _ids("ISTIO_OUTBOUND_OWNER_GROUPS", og_inc_raw, facts.group_ids, "group")
+    )
     og_exc = _ids("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE", og_exc_raw, facts.group_ids, "group") if og_exc_raw else ()
 
     lo_raw = v.get("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR", "127.0.0.1/32").strip() or "127.0.0.1/32"
@@ -373,8 +489,10 @@ def resolve(raw: RawOptions, facts: HostFacts, warn: Callable[[str], None] = lam
         dns4 = tuple(str(a) for a in addrs if a.version == 4)
         dns6 = tuple(str(a) for a in addrs if a.version == 6)
         if not dns4 and not dns6:
-            warn("--redirect-dns is set, but --capture-all-dns is not and resolv.conf lists no nameserver: "
-                 "DNS capture disabled")
+            warn(
+                "--redirect-dns is set, but --capture-all-dns is not and resolv.conf lists no nameserver: "
+                "DNS capture disabled"
+            )
             redirect_dns = False
 
     enable_ipv6 = facts.has_global_ipv6 and (f["dual_stack"] or not facts.has_global_ipv4)
@@ -393,31 +511,56 @@ def resolve(raw: RawOptions, facts: HostFacts, warn: Callable[[str], None] = lam
     if f["cleanup_only"] and f["reconcile"]:
         warn("--reconcile has no effect with --cleanup-only")
     if raw.applier == "iptc" and binary == "nft":
-        raise ConfigError("netinit: --applier iptc drives libiptc, which only writes the legacy backend; "
-                          "it cannot be combined with --force-iptables-binary nft")
+        raise ConfigError(
+            "netinit: --applier iptc drives libiptc, which only writes the legacy backend; "
+            "it cannot be combined with --force-iptables-binary nft"
+        )
 
     cfg = CaptureConfig(
-        proxy_port=proxy_port, inbound_capture_port=in_port, inbound_tunnel_port=tunnel,
-        proxy_uids=uids, proxy_gids=gids, mode=mode,  # type: ignore[arg-type]
-        tproxy_mark=mark, tproxy_route_table=table,
-        inbound_ports=inbound, inbound_ports_exclude=in_excl,
-        outbound_ports=out_ports, outbound_ports_exclude=out_excl,
-        outbound_cidrs=cidrs, outbound_cidrs_exclude=cidrs_excl,
-        exclude_interfaces=excl_ifaces, kube_virt_interfaces=virt_ifaces,
-        owner_groups_include=og_inc, owner_groups_exclude=og_exc, ipv4_loopback_cidr=lo_net,
-        redirect_dns=redirect_dns, capture_all_dns=f["capture_all_dns"], drop_invalid=f["drop_invalid"],
-        dns_servers_v4=dns4, dns_servers_v6=dns6, enable_ipv6=enable_ipv6,
+        proxy_port=proxy_port,
+        inbound_capture_port=in_port,
+        inbound_tunnel_port=tunnel,
+        proxy_uids=uids,
+        proxy_gids=gids,
+        mode=mode,  # type: ignore[arg-type]
+        tproxy_mark=mark,
+        tproxy_route_table=table,
+        inbound_ports=inbound,
+        inbound_ports_exclude=in_excl,
+        outbound_ports=out_ports,
+        outbound_ports_exclude=out_excl,
+        outbound_cidrs=cidrs,
+        outbound_cidrs_exclude=cidrs_excl,
+        exclude_interfaces=excl_ifaces,
+        kube_virt_interfaces=virt_ifaces,
+        owner_groups_include=og_inc,
+        owner_groups_exclude=og_exc,
+        ipv4_loopback_cidr=lo_net,
+        redirect_dns=redirect_dns,
+        capture_all_dns=f["capture_all_dns"],
+        drop_invalid=f["drop_invalid"],
+        dns_servers_v4=dns4,
+        dns_servers_v6=dns6,
+        enable_ipv6=enable_ipv6,
     )
     run = RunOptions(
-        dry_run=f["dry_run"], run_validation=f["run_validation"], skip_rule_apply=f["skip_rule_apply"],
-        reconcile=f["reconcile"], cleanup_only=f["cleanup_only"], force_apply=f["force_apply"],
-        dual_stack=f["dual_stack"], force_iptables_binary=binary, network_namespace=netns, pid=pid,
+        dry_run=f["dry_run"],
+        run_validation=f["run_validation"],
+        skip_rule_apply=f["skip_rule_apply"],
+        reconcile=f["reconcile"],
+        cleanup_only=f["cleanup_only"],
+        force_apply=f["force_apply"],
+        dual_stack=f["dual_stack"],
+        force_iptables_binary=binary,
+        network_namespace=netns,
+        pid=pid,
         applier=raw.applier,
     )
     return cfg, run
 
 
-def config_from_flags(argv: Sequence[str], env: Mapping[str, str] | None = None,
-                      facts: HostFacts | None = None) -> CaptureConfig:
+def config_from_flags(
+    argv: Sequence[str], env: Mapping[str, str] | None = None, facts: HostFacts | None = None
+) -> CaptureConfig:
     """Convenience for tests and tools: flags (+env) straight to a CaptureConfig."""
     return resolve(parse_options(argv, env or {}), facts or HostFacts())[0]

@@ -60,9 +60,19 @@ def parse_spec(table: str, chain: str, spec: str, insert_at: int | None = None) 
                     i += 1
         else:
             raise ApplyError(f"netinit: cannot interpret rule token {t!r} in {spec!r}")
-    return Rule(table, chain, target, tuple(topts), src=fields.get("-s"), dst=fields.get("-d"),
-                in_iface=fields.get("-i"), out_iface=fields.get("-o"), proto=fields.get("-p"),
-                matches=tuple(matches), insert_at=insert_at)
+    return Rule(
+        table,
+        chain,
+        target,
+        tuple(topts),
+        src=fields.get("-s"),
+        dst=fields.get("-d"),
+        in_iface=fields.get("-i"),
+        out_iface=fields.get("-o"),
+        proto=fields.get("-p"),
+        matches=tuple(matches),
+        insert_at=insert_at,
+    )
 
 
 def to_iptc(rule: Rule, iptc: Any, fam: Family) -> Any:
@@ -111,8 +121,7 @@ class IptcApplier(RestoreApplier):
                     table.autocommit = False
                     table.refresh()
                     tables.append(table)
-                    live = {c: list(r) for c, r in current.get(name, parse_save("")).chains.items()} \
-                        if name in current else {}
+                    live = {c: list(r) for c, r in current[name].chains.items()} if name in current else {}
                     tname = name
                     continue
                 if line == "COMMIT" or table is None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -18,8 +17,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-def sh(*argv: str, check: bool = True, ns: str | None = None, input: str | None = None,
-       ) -> subprocess.CompletedProcess[str]:
+def sh(
+    *argv: str,
+    check: bool = True,
+    ns: str | None = None,
+    input: str | None = None,
+) -> subprocess.CompletedProcess[str]:
     cmd = ["ip", "netns", "exec", ns, *argv] if ns else list(argv)
     p = subprocess.run(cmd, capture_output=True, text=True, check=False, input=input, timeout=60)
     if check and p.returncode != 0:
@@ -131,12 +134,33 @@ def plain_server(ns: str, addr: str, port: int, uid: int = 1000) -> Proc:
 
 def connect(ns: str, host: str, port: int, uid: int = 1000, timeout: float = 2.0) -> str:
     """Connect from ``ns`` as ``uid``; return what the server said ('' on failure)."""
-    code = ("import socket,sys\n"
-            "s=socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3]))\n"
-            "print(s.recv(200).decode().strip())")
-    p = subprocess.run(["ip", "netns", "exec", ns, "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
-                        sys.executable, "-c", code, host, str(port), str(timeout)],
-                       capture_output=True, text=True, timeout=timeout + 5, check=False)
+    code = (
+        "import socket,sys\n"
+        "s=socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3]))\n"
+        "print(s.recv(200).decode().strip())"
+    )
+    p = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "setpriv",
+            f"--reuid={uid}",
+            f"--regid={uid}",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            code,
+            host,
+            str(port),
+            str(timeout),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout + 5,
+        check=False,
+    )
     return p.stdout.strip()
 
 
@@ -160,5 +184,12 @@ def netinit_cmd() -> list[str]:
 def run_netinit(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     e = dict(os.environ)
     e.update(env or {})
-    return subprocess.run([*netinit_cmd(), *args], capture_output=True, text=True, env=e, timeout=60,
-                          check=False, cwd=Path(__file__).resolve().parent.parent)
+    return subprocess.run(
+        [*netinit_cmd(), *args],
+        capture_output=True,
+        text=True,
+        env=e,
+        timeout=60,
+        check=False,
+        cwd=Path(__file__).resolve().parent.parent,
+    )

@@ -98,7 +98,7 @@ def addresses() -> Iterator[ipaddress.IPv4Address | ipaddress.IPv6Address]:
                         alen, atype = struct.unpack_from("=HH", data, attr_off)
                         if alen < 4:
                             break
-                        payload = data[attr_off + 4:attr_off + alen]
+                        payload = data[attr_off + 4 : attr_off + alen]
                         if atype in (_IFA_LOCAL, _IFA_ADDRESS) and (found is None or atype == _IFA_LOCAL):
                             found = payload
                         attr_off += (alen + 3) & ~3

@@ -12,6 +12,7 @@ studied from its source; the expectations in tests/unit/test_plan.py are our own
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
@@ -22,10 +23,18 @@ Family = Literal[4, 6]
 TABLE_ORDER = ("filter", "mangle", "nat", "raw")
 BUILTIN_CHAINS = frozenset({"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"})
 # Every chain netinit may own; cleanup and drift detection consider exactly these.
-OWN_CHAINS = frozenset({
-    "ISTIO_INBOUND", "ISTIO_REDIRECT", "ISTIO_IN_REDIRECT", "ISTIO_OUTPUT", "ISTIO_OUTPUT_DNS",
-    "ISTIO_DIVERT", "ISTIO_TPROXY", "ISTIO_DROP",
-})
+OWN_CHAINS = frozenset(
+    {
+        "ISTIO_INBOUND",
+        "ISTIO_REDIRECT",
+        "ISTIO_IN_REDIRECT",
+        "ISTIO_OUTPUT",
+        "ISTIO_OUTPUT_DNS",
+        "ISTIO_DIVERT",
+        "ISTIO_TPROXY",
+        "ISTIO_DROP",
+    }
+)
 OUTBOUND_MARK = 1338
 
 
@@ -63,8 +72,13 @@ class Rule:
     def spec(self) -> str:
         """The rule as ``iptables-save`` prints it, without ``-A CHAIN``."""
         parts: list[str] = []
-        for flag, val in (("-s", self.src), ("-d", self.dst), ("-i", self.in_iface), ("-o", self.out_iface),
-                          ("-p", self.proto)):
+        for flag, val in (
+            ("-s", self.src),
+            ("-d", self.dst),
+            ("-i", self.in_iface),
+            ("-o", self.out_iface),
+            ("-p", self.proto),
+        ):
             if val is not None:
                 parts.append(f"! {flag} {val[1:]}" if val.startswith("!") else f"{flag} {val}")
         parts.extend(m.render() for m in self.matches)
@@ -148,7 +162,7 @@ class _Builder:
 
 def _split_networks(nets: tuple[Network, ...]) -> tuple[list[str], list[str]]:
     v4 = [str(n) for n in nets if n.version == 4]
-    v6 = [str(n) for n in nets if n.version == 6]
+    v6 = [f"{_v6(str(n.network_address))}/{n.prefixlen}" for n in nets if n.version == 6]
     return v4, v6
 
 
@@ -220,14 +234,32 @@ def plan(cfg: CaptureConfig) -> RuleSet:
                 port_m = Match("multiport", (("dports", f"!53,{tunnel}"),))
             else:
                 port_m = tcp(dport="!" + tunnel)
-            b.versioned(per_family(lambda f, port_m=port_m, own=own: Rule(
-                "nat", "ISTIO_OUTPUT", "ISTIO_IN_REDIRECT", dst="!" + lo[f], out_iface="lo", proto="tcp",
-                matches=(port_m, own))))
+            b.versioned(
+                per_family(
+                    lambda f, port_m=port_m, own=own: Rule(
+                        "nat",
+                        "ISTIO_OUTPUT",
+                        "ISTIO_IN_REDIRECT",
+                        dst="!" + lo[f],
+                        out_iface="lo",
+                        proto="tcp",
+                        matches=(port_m, own),
+                    )
+                )
+            )
             # App talks to itself over lo by pod IP: not captured (unless loopback is explicitly included).
             if not inc_loopback:
                 if dns:
-                    b.both(Rule("nat", "ISTIO_OUTPUT", "RETURN", out_iface="lo", proto="tcp",
-                                matches=(tcp(dport="!53"), neg)))
+                    b.both(
+                        Rule(
+                            "nat",
+                            "ISTIO_OUTPUT",
+                            "RETURN",
+                            out_iface="lo",
+                            proto="tcp",
+                            matches=(tcp(dport="!53"), neg),
+                        )
+                    )
                 else:
                     b.both(Rule("nat", "ISTIO_OUTPUT", "RETURN", out_iface="lo", matches=(neg,)))
             # The proxy's own traffic is never captured.
@@ -279,10 +311,18 @@ def _inbound(b: _Builder, cfg: CaptureConfig, lo: dict[int, str], mark: str) -> 
         b.both(Rule("mangle", "ISTIO_DIVERT", "MARK", (("set-xmark", f"{mark}/0xffffffff"),)))
         b.both(Rule("mangle", "ISTIO_DIVERT", "ACCEPT"))
         for fam in (4, 6):
-            r = Rule("mangle", "ISTIO_TPROXY", "TPROXY",
-                     (("on-port", str(cfg.inbound_capture_port)), ("on-ip", "0.0.0.0" if fam == 4 else "::"),
-                      ("tproxy-mark", f"{mark}/0xffffffff")),
-                     dst="!" + lo[fam], proto="tcp")
+            r = Rule(
+                "mangle",
+                "ISTIO_TPROXY",
+                "TPROXY",
+                (
+                    ("on-port", str(cfg.inbound_capture_port)),
+                    ("on-ip", "0.0.0.0" if fam == 4 else "::"),
+                    ("tproxy-mark", f"{mark}/0xffffffff"),
+                ),
+                dst="!" + lo[fam],
+                proto="tcp",
+            )
             (b.v4_rule if fam == 4 else b.v6_rule)(r)
     b.both(Rule(table, "PREROUTING", "ISTIO_INBOUND", proto="tcp"))
     established = Match("conntrack", (("ctstate", "RELATED,ESTABLISHED"),))
@@ -320,16 +360,24 @@ def _dns(b: _Builder, cfg: CaptureConfig) -> None:
             for s in v4:
                 b.v4_rule(Rule("nat", "ISTIO_OUTPUT_DNS", "REDIRECT", to, dst=f"{s}/32", proto=proto, matches=(m,)))
             for s in v6:
-                b.v6_rule(Rule("nat", "ISTIO_OUTPUT_DNS", "REDIRECT", to, dst=f"{_v6(s)}/128", proto=proto,
-                               matches=(m,)))
+                b.v6_rule(
+                    Rule("nat", "ISTIO_OUTPUT_DNS", "REDIRECT", to, dst=f"{_v6(s)}/128", proto=proto, matches=(m,))
+                )
     # Conntrack zones: proxy <-> upstream resolvers in zone 1, app <-> proxy in zone 2.
     for kind, ids in (("uid", cfg.proxy_uids), ("gid", cfg.proxy_gids)):
         for ident in ids:
             own = owner(uid=ident) if kind == "uid" else owner(gid=ident)
-            b.both(Rule("raw", "ISTIO_OUTPUT_DNS", "CT", (("zone", "1"),), proto="udp",
-                        matches=(udp(dport="53"), own)))
-            b.both(Rule("raw", "ISTIO_OUTPUT_DNS", "CT", (("zone", "2"),), proto="udp",
-                        matches=(udp(sport=str(DNS_LISTENER_PORT)), own)))
+            b.both(Rule("raw", "ISTIO_OUTPUT_DNS", "CT", (("zone", "1"),), proto="udp", matches=(udp(dport="53"), own)))
+            b.both(
+                Rule(
+                    "raw",
+                    "ISTIO_OUTPUT_DNS",
+                    "CT",
+                    (("zone", "2"),),
+                    proto="udp",
+                    matches=(udp(sport=str(DNS_LISTENER_PORT)), own),
+                )
+            )
     if all_dns:
         b.both(Rule("raw", "PREROUTING", "ISTIO_INBOUND"))
         b.both(Rule("raw", "ISTIO_OUTPUT_DNS", "CT", (("zone", "2"),), proto="udp", matches=(udp(dport="53"),)))
@@ -338,48 +386,110 @@ def _dns(b: _Builder, cfg: CaptureConfig) -> None:
     if v4:
         b.v4_rule(Rule("raw", "PREROUTING", "ISTIO_INBOUND"))
     for s in v4:
-        b.v4_rule(Rule("raw", "ISTIO_OUTPUT_DNS", "CT", (("zone", "2"),), dst=f"{s}/32", proto="udp",
-                       matches=(udp(dport="53"),)))
-        b.v4_rule(Rule("raw", "ISTIO_INBOUND", "CT", (("zone", "1"),), src=f"{s}/32", proto="udp",
-                       matches=(udp(sport="53"),)))
+        b.v4_rule(
+            Rule(
+                "raw",
+                "ISTIO_OUTPUT_DNS",
+                "CT",
+                (("zone", "2"),),
+                dst=f"{s}/32",
+                proto="udp",
+                matches=(udp(dport="53"),),
+            )
+        )
+        b.v4_rule(
+            Rule("raw", "ISTIO_INBOUND", "CT", (("zone", "1"),), src=f"{s}/32", proto="udp", matches=(udp(sport="53"),))
+        )
     if v6:
         b.v6_rule(Rule("raw", "PREROUTING", "ISTIO_INBOUND"))
     for s in v6:
-        b.v6_rule(Rule("raw", "ISTIO_OUTPUT_DNS", "CT", (("zone", "2"),), dst=f"{_v6(s)}/128", proto="udp",
-                       matches=(udp(dport="53"),)))
-        b.v6_rule(Rule("raw", "ISTIO_INBOUND", "CT", (("zone", "1"),), src=f"{_v6(s)}/128", proto="udp",
-                       matches=(udp(sport="53"),)))
+        b.v6_rule(
+            Rule(
+                "raw",
+                "ISTIO_OUTPUT_DNS",
+                "CT",
+                (("zone", "2"),),
+                dst=f"{_v6(s)}/128",
+                proto="udp",
+                matches=(udp(dport="53"),),
+            )
+        )
+        b.v6_rule(
+            Rule(
+                "raw",
+                "ISTIO_INBOUND",
+                "CT",
+                (("zone", "1"),),
+                src=f"{_v6(s)}/128",
+                proto="udp",
+                matches=(udp(sport="53"),),
+            )
+        )
 
 
 def _v6(s: str) -> str:
-    return ipaddress.IPv6Address(s).compressed
+    """An IPv6 address as iptables-save prints it: libc's inet_ntop (``::127.0.0.53``, not ``::7f00:35``)."""
+    return socket.inet_ntop(socket.AF_INET6, ipaddress.IPv6Address(s).packed)
 
 
 def _tproxy_tail(b: _Builder, cfg: CaptureConfig, lo: dict[int, str], mark: str) -> None:
     omark = hexmark(OUTBOUND_MARK)
-    b.both(Rule("mangle", "PREROUTING", "CONNMARK",
-                (("save-mark", None), ("nfmask", "0xffffffff"), ("ctmask", "0xffffffff")),
-                proto="tcp", matches=(Match("mark", (("mark", mark),)),)))
+    b.both(
+        Rule(
+            "mangle",
+            "PREROUTING",
+            "CONNMARK",
+            (("save-mark", None), ("nfmask", "0xffffffff"), ("ctmask", "0xffffffff")),
+            proto="tcp",
+            matches=(Match("mark", (("mark", mark),)),),
+        )
+    )
     b.both(Rule("mangle", "OUTPUT", "RETURN", out_iface="lo", proto="tcp", matches=(Match("mark", (("mark", mark),)),)))
     for kind, ids in (("uid", cfg.proxy_uids), ("gid", cfg.proxy_gids)):
         for ident in ids:
             own = owner(uid=ident) if kind == "uid" else owner(gid=ident)
             for fam in (4, 6):
-                r = Rule("mangle", "OUTPUT", "MARK", (("set-xmark", f"{omark}/0xffffffff"),),
-                         dst="!" + lo[fam], out_iface="lo", proto="tcp", matches=(own,))
+                r = Rule(
+                    "mangle",
+                    "OUTPUT",
+                    "MARK",
+                    (("set-xmark", f"{omark}/0xffffffff"),),
+                    dst="!" + lo[fam],
+                    out_iface="lo",
+                    proto="tcp",
+                    matches=(own,),
+                )
                 (b.v4_rule if fam == 4 else b.v6_rule)(r)
-    b.both(Rule("mangle", "OUTPUT", "CONNMARK",
-                (("restore-mark", None), ("nfmask", "0xffffffff"), ("ctmask", "0xffffffff")),
-                proto="tcp", matches=(Match("connmark", (("mark", mark),)),)))
-    b.both(Rule("mangle", "ISTIO_INBOUND", "RETURN", proto="tcp", matches=(Match("mark", (("mark", mark),)),),
-                insert_at=1))
+    b.both(
+        Rule(
+            "mangle",
+            "OUTPUT",
+            "CONNMARK",
+            (("restore-mark", None), ("nfmask", "0xffffffff"), ("ctmask", "0xffffffff")),
+            proto="tcp",
+            matches=(Match("connmark", (("mark", mark),)),),
+        )
+    )
+    b.both(
+        Rule("mangle", "ISTIO_INBOUND", "RETURN", proto="tcp", matches=(Match("mark", (("mark", mark),)),), insert_at=1)
+    )
     b.v4_rule(Rule("mangle", "ISTIO_INBOUND", "RETURN", src="127.0.0.6/32", in_iface="lo", proto="tcp", insert_at=2))
     b.v6_rule(Rule("mangle", "ISTIO_INBOUND", "RETURN", src="::6/128", in_iface="lo", proto="tcp", insert_at=2))
-    b.both(Rule("mangle", "ISTIO_INBOUND", "RETURN", in_iface="lo", proto="tcp",
-                matches=(Match("mark", (("mark", "!" + omark),)),), insert_at=3))
+    b.both(
+        Rule(
+            "mangle",
+            "ISTIO_INBOUND",
+            "RETURN",
+            in_iface="lo",
+            proto="tcp",
+            matches=(Match("mark", (("mark", "!" + omark),)),),
+            insert_at=3,
+        )
+    )
 
 
 # --- the plan as table state ------------------------------------------------------------------------------
+
 
 @dataclass
 class TableState:

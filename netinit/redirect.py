@@ -104,8 +104,9 @@ def diff_family(rules: tuple[Rule, ...], current: dict[str, TableState]) -> list
                 lines.append(r.line())
         lines.append("COMMIT")
         in_place = des_own == cur_own and all(builtin_ok.values())
-        out.append(TableDiff(t, in_place, residue, "\n".join(lines) + "\n",
-                             [c for c, ok in builtin_ok.items() if not ok]))
+        out.append(
+            TableDiff(t, in_place, residue, "\n".join(lines) + "\n", [c for c, ok in builtin_ok.items() if not ok])
+        )
     return out
 
 
@@ -210,8 +211,10 @@ def apply_ruleset(ruleset: RuleSet, applier: Applier, *, reconcile: bool, force:
     if all_in_place and not force:
         return Outcome(False, "capture rules already in place; nothing to do")
     if drift and not (reconcile or force):
-        raise DriftError("netinit: rules of ours already exist but differ from the plan in "
-                         f"{', '.join(drift)}; re-run with --reconcile to replace them (nothing was changed)")
+        raise DriftError(
+            "netinit: rules of ours already exist but differ from the plan in "
+            f"{', '.join(drift)}; re-run with --reconcile to replace them (nothing was changed)"
+        )
     txn.run(payloads)
     return Outcome(True, "capture rules applied" + (" (replaced drifted rules)" if drift else ""))
 

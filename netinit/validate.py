@@ -35,8 +35,11 @@ def probe_destination(cfg: CaptureConfig) -> tuple[str, int] | None:
         candidates = [ipaddress.IPv4Address("192.0.2.1"), ipaddress.IPv4Address("198.51.100.1")]
     else:
         assert not isinstance(cfg.outbound_cidrs, str)
-        candidates = [next(iter(n.hosts()), n.network_address) for n in cfg.outbound_cidrs  # type: ignore[call-overload]
-                      if n.version == 4 and not n.network_address.is_loopback]
+        candidates = [
+            next(iter(n.hosts()), n.network_address)
+            for n in cfg.outbound_cidrs
+            if n.version == 4 and not n.network_address.is_loopback
+        ]
     addr = next((a for a in candidates if not any(a in n for n in excluded)), None)
     if addr is None:
         return None
@@ -92,11 +95,15 @@ def validate(cfg: CaptureConfig, log: Callable[[str], None], app_uid: int = 6553
         conn = _accept(listener, timeout)
         _, status = os.waitpid(child, 0)
         if conn is None and os.waitstatus_to_exitcode(status) == 3:
-            raise ValidationFailed(f"netinit: validation failed: no route to the probe destination {dst[0]} "
-                                   "(capture happens after routing; a pod needs a default route)")
+            raise ValidationFailed(
+                f"netinit: validation failed: no route to the probe destination {dst[0]} "
+                "(capture happens after routing; a pod needs a default route)"
+            )
         if conn is None:
-            raise ValidationFailed(f"netinit: validation failed: a connection from uid {app_uid} to {dst[0]}:{dst[1]} "
-                                   f"did not reach the outbound port {cfg.proxy_port}")
+            raise ValidationFailed(
+                f"netinit: validation failed: a connection from uid {app_uid} to {dst[0]}:{dst[1]} "
+                f"did not reach the outbound port {cfg.proxy_port}"
+            )
         got = original_dst(conn)
         conn.close()
         if got != dst:

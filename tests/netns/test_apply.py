@@ -17,10 +17,38 @@ from netinit.redirect import parse_save
 
 pytestmark = pytest.mark.requires_root
 
-ISTIO_DEFAULT = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "", "-b", "*",
-                 "-d", "15090,15021,15020"]
-FULL = [*ISTIO_DEFAULT, "-q", "9000", "-o", "25,26-30", "-c", "eth9", "-k", "veth7", "--drop-invalid",
-        "--redirect-dns", "--capture-all-dns"]
+ISTIO_DEFAULT = [
+    "-p",
+    "15001",
+    "-z",
+    "15006",
+    "-u",
+    "1337",
+    "-m",
+    "REDIRECT",
+    "-i",
+    "*",
+    "-x",
+    "",
+    "-b",
+    "*",
+    "-d",
+    "15090,15021,15020",
+]
+FULL = [
+    *ISTIO_DEFAULT,
+    "-q",
+    "9000",
+    "-o",
+    "25,26-30",
+    "-c",
+    "eth9",
+    "-k",
+    "veth7",
+    "--drop-invalid",
+    "--redirect-dns",
+    "--capture-all-dns",
+]
 
 
 def netinit(ns: str, flavor: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -45,7 +73,9 @@ def assert_matches_plan(ns: str, flavor: str, args: Sequence[str], fam: int = 4)
                 assert [s for s in have if s in specs] == specs, f"{table}/{chain}"
 
 
-@pytest.mark.parametrize("args", [ISTIO_DEFAULT, FULL, [*ISTIO_DEFAULT, "-m", "TPROXY"]], ids=["istio", "full", "tproxy"])
+@pytest.mark.parametrize(
+    "args", [ISTIO_DEFAULT, FULL, [*ISTIO_DEFAULT, "-m", "TPROXY"]], ids=["istio", "full", "tproxy"]
+)
 def test_apply_reads_back_as_planned_and_rerun_is_noop(netns: str, flavor: str, args: list[str]) -> None:
     first = netinit(netns, flavor, *args)
     assert first.returncode == 0, first.stderr
@@ -61,8 +91,20 @@ def test_apply_reads_back_as_planned_and_rerun_is_noop(netns: str, flavor: str, 
 def test_drift_refused_without_reconcile_then_replaced(netns: str, flavor: str) -> None:
     assert netinit(netns, flavor, *ISTIO_DEFAULT).returncode == 0
     lab.sh(f"iptables-{flavor}", "-t", "nat", "-D", "ISTIO_OUTPUT", "-d", "127.0.0.1/32", "-j", "RETURN", ns=netns)
-    lab.sh(f"iptables-{flavor}", "-t", "nat", "-A", "ISTIO_REDIRECT", "-p", "tcp", "-j", "REDIRECT",
-           "--to-ports", "9999", ns=netns)
+    lab.sh(
+        f"iptables-{flavor}",
+        "-t",
+        "nat",
+        "-A",
+        "ISTIO_REDIRECT",
+        "-p",
+        "tcp",
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        "9999",
+        ns=netns,
+    )
     drifted = save(netns, flavor)
     refused = netinit(netns, flavor, *ISTIO_DEFAULT)
     assert refused.returncode == 1
@@ -113,9 +155,19 @@ def test_cleanup_removes_ours_and_keeps_foreign_rules(netns: str, flavor: str) -
     assert again.returncode == 0 and "nothing of ours" in again.stderr
 
 
-@pytest.mark.parametrize("bad", [["-p", "0"], ["-b", "80,abc"], ["-x", "*"], ["-i", "10.0.0.0/33"],
-                                 ["-c", "bad iface"], ["-m", "MAGIC"], ["-u", "nosuchuser-xyz"],
-                                 ["-c", "averyveryverylongifname"]])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["-p", "0"],
+        ["-b", "80,abc"],
+        ["-x", "*"],
+        ["-i", "10.0.0.0/33"],
+        ["-c", "bad iface"],
+        ["-m", "MAGIC"],
+        ["-u", "nosuchuser-xyz"],
+        ["-c", "averyveryverylongifname"],
+    ],
+)
 def test_bad_flags_exit_2_and_touch_nothing(netns: str, flavor: str, bad: list[str]) -> None:
     before = save(netns, flavor)
     res = netinit(netns, flavor, *ISTIO_DEFAULT, *bad)
@@ -135,8 +187,9 @@ class FailingV6Runner(SubprocessRunner):
 
 
 def _in_netns(ns: str, code: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, check=False)
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
 
 
 def test_v6_failure_rolls_back_both_families(flavor: str) -> None:
@@ -158,8 +211,9 @@ def test_v6_failure_rolls_back_both_families(flavor: str) -> None:
         assert save(a, flavor, 4) == v4_before
         assert save(a, flavor, 6) == v6_before
         # Without the fault the same run applies both families.
-        ok = lab.run_netinit("--network-namespace", a, "--force-iptables-binary", flavor, "--dual-stack",
-                             *ISTIO_DEFAULT)
+        ok = lab.run_netinit(
+            "--network-namespace", a, "--force-iptables-binary", flavor, "--dual-stack", *ISTIO_DEFAULT
+        )
         assert ok.returncode == 0, ok.stderr
         assert "ISTIO_OUTPUT" in save(a, flavor, 6)
         assert "-A ISTIO_OUTPUT -d ::1/128 -j RETURN" in save(a, flavor, 6)

@@ -26,8 +26,9 @@ def test_iptc_applier_matches_restore_applier(args: list[str]) -> None:
         again = lab.run_netinit("--network-namespace", b, "--applier", "iptc", *args)
         assert again.returncode == 0 and "already in place" in again.stderr
         # Reconcile and cleanup through libiptc too.
-        changed = lab.run_netinit("--network-namespace", b, "--applier", "iptc", *ISTIO_DEFAULT, "-q", "7000",
-                                  "--reconcile")
+        changed = lab.run_netinit(
+            "--network-namespace", b, "--applier", "iptc", *ISTIO_DEFAULT, "-q", "7000", "--reconcile"
+        )
         assert changed.returncode == 0, changed.stderr
         assert "--dport 7000 -j ISTIO_REDIRECT" in lab.iptables_save(b, "legacy")
         gone = lab.run_netinit("--network-namespace", b, "--applier", "iptc", *args, "--cleanup-only")

@@ -15,8 +15,26 @@ from netinit import lab
 pytestmark = pytest.mark.requires_root
 
 POD, PEER = "10.66.0.2", "10.66.0.1"
-ARGS = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-b", "*",
-        "-d", "15090,15021,7070", "-x", "10.66.0.128/25", "-o", "8081"]
+ARGS = [
+    "-p",
+    "15001",
+    "-z",
+    "15006",
+    "-u",
+    "1337",
+    "-m",
+    "REDIRECT",
+    "-i",
+    "*",
+    "-b",
+    "*",
+    "-d",
+    "15090,15021,7070",
+    "-x",
+    "10.66.0.128/25",
+    "-o",
+    "8081",
+]
 
 
 @pytest.fixture
@@ -39,9 +57,10 @@ def listener(pod: tuple[str, str, str]) -> Iterator[lab.Proc]:
         proc.stop()
 
 
-def test_inbound_is_redirected_to_15006_with_original_destination(pod: tuple[str, str, str],
-                                                                   listener: lab.Proc) -> None:
-    pod_ns, peer_ns, _ = pod
+def test_inbound_is_redirected_to_15006_with_original_destination(
+    pod: tuple[str, str, str], listener: lab.Proc
+) -> None:
+    _pod_ns, peer_ns, _ = pod
     assert lab.connect(peer_ns, POD, 8080) == "captured-by-15006"
     (ev,) = lab.events(listener)
     assert ev["port"] == 15006
@@ -49,7 +68,7 @@ def test_inbound_is_redirected_to_15006_with_original_destination(pod: tuple[str
 
 
 def test_outbound_from_app_uid_is_redirected_to_15001(pod: tuple[str, str, str], listener: lab.Proc) -> None:
-    pod_ns, peer_ns, _ = pod
+    pod_ns, _peer_ns, _ = pod
     assert lab.connect(pod_ns, PEER, 9090, uid=1000) == "captured-by-15001"
     (ev,) = lab.events(listener)
     assert ev["orig_dst"] == [PEER, 9090]
