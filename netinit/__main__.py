@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from netinit import netns
 from netinit.backends import Applier, RestoreApplier, Runner, SubprocessRunner, detect_backend
 from netinit.config import HostFacts, parse_options, resolve
-from netinit.errors import ConfigError, NetinitError
+from netinit.errors import ApplyError, ConfigError, NetinitError
 from netinit.plan import RuleSet, plan
 from netinit.redirect import cleanup, render_apply
 
@@ -84,6 +84,11 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         cfg, run = resolve(raw, facts, warn=_log)
         ruleset = plan(cfg)
 
+        if run.dry_run and run.cleanup_only:
+            raise ConfigError(
+                "netinit: --dry-run with --cleanup-only is not supported: what cleanup removes "
+                "depends on the live rules (inspect them with iptables-save)"
+            )
         if run.dry_run:
             for fam in ruleset.families():
                 print(f"# IPv{fam}: iptables-restore --noflush <<EOF")
@@ -119,8 +124,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         if run.run_validation:
             from netinit.validate import validate
 
-            validate(cfg, _log)
-            _log("validation passed: outbound capture and proxy bypass work")
+            if validate(cfg, _log):
+                _log("validation passed: outbound capture and proxy bypass work")
         return 0
     except NetinitError as e:
         print(str(e), file=sys.stderr)
@@ -131,7 +136,7 @@ def _post_apply(cfg_mode: str, ruleset: RuleSet, mark: int, table: int, inbound:
     if ruleset.enable_ipv6:
         res = runner.run(["ip", "-6", "addr", "replace", "::6/128", "dev", "lo"])
         if res.returncode != 0:
-            raise ConfigError(f"netinit: cannot add ::6/128 to lo: {res.stderr.strip()}")
+            raise ApplyError(f"netinit: rules applied, but adding ::6/128 to lo failed: {res.stderr.strip()}")
     if cfg_mode == "TPROXY" and inbound:
         netns.configure_tproxy_routes(mark, table, ruleset.enable_ipv6)
 

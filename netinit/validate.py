@@ -43,9 +43,18 @@ def probe_destination(cfg: CaptureConfig) -> tuple[str, int] | None:
     addr = next((a for a in candidates if not any(a in n for n in excluded)), None)
     if addr is None:
         return None
-    excl_ports = set(cfg.outbound_ports_exclude)
-    port = next(p for p in (80, 8080, 9080, 18080) if str(p) not in excl_ports)
+    port = next((p for p in (80, 8080, 9080, 18080) if not _port_excluded(p, cfg.outbound_ports_exclude)), None)
+    if port is None:
+        return None
     return str(addr), port
+
+
+def _port_excluded(port: int, specs: tuple[str, ...]) -> bool:
+    for spec in specs:
+        lo, _, hi = spec.partition(":")
+        if int(lo) <= port <= int(hi or lo):
+            return True
+    return False
 
 
 def _connect_as(uid: int, gid: int, dst: tuple[str, int]) -> int:
@@ -74,11 +83,12 @@ def _accept(listener: socket.socket, timeout: float) -> socket.socket | None:
     return conn
 
 
-def validate(cfg: CaptureConfig, log: Callable[[str], None], app_uid: int = 65534, timeout: float = 2.0) -> None:
+def validate(cfg: CaptureConfig, log: Callable[[str], None], app_uid: int = 65534, timeout: float = 2.0) -> bool:
+    """Returns False when the flags leave nothing to probe (no outbound CIDR capture on IPv4)."""
     dst = probe_destination(cfg)
     if dst is None:
-        log("validation: outbound capture is disabled by the flags; nothing to probe")
-        return
+        log("validation: the flags capture no probeable IPv4 destination; nothing was probed")
+        return False
     proxy_uid = int(cfg.proxy_uids[0])
     proxy_gid = int(cfg.proxy_gids[0])
     if str(app_uid) in cfg.proxy_uids:
@@ -117,3 +127,4 @@ def validate(cfg: CaptureConfig, log: Callable[[str], None], app_uid: int = 6553
             raise ValidationFailed(f"netinit: validation failed: traffic of the proxy uid {proxy_uid} was captured")
     finally:
         listener.close()
+    return True

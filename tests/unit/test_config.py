@@ -107,3 +107,14 @@ def test_names_resolve_through_facts() -> None:
         ["-u", "envoy", "-g", "proxy,7"], facts=HostFacts(user_ids={"envoy": 101}, group_ids={"proxy": 102})
     )
     assert cfg.proxy_uids == ("101",) and cfg.proxy_gids == ("102", "7")
+
+
+def test_probe_destination_respects_exclusions() -> None:
+    from netinit.validate import probe_destination
+
+    assert probe_destination(config_from_flags(["-i", "*"])) == ("192.0.2.1", 80)
+    assert probe_destination(config_from_flags(["-i", "*", "-o", "1-8080"])) == ("192.0.2.1", 9080)
+    assert probe_destination(config_from_flags(["-i", "*", "-x", "192.0.2.0/24"])) == ("198.51.100.1", 80)
+    assert probe_destination(config_from_flags(["-i", "10.1.0.0/16"])) == ("10.1.0.1", 80)
+    assert probe_destination(config_from_flags(["-i", "*", "-o", "1-65535"])) is None
+    assert probe_destination(config_from_flags([])) is None
