@@ -19,8 +19,7 @@ from netinit.config import config_from_flags
 from netinit.plan import plan
 from netinit.redirect import render_apply
 
-ARGS = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "", "-b", "*",
-        "-d", "15090,15021,15020"]
+ARGS = list(lab.SIDECAR_ARGS)
 
 
 def timed(argv: list[str], stdin: str | None = None) -> float:

@@ -11,24 +11,7 @@ import sys
 
 from netinit import lab
 
-ARGS = [
-    "-p",
-    "15001",
-    "-z",
-    "15006",
-    "-u",
-    "1337",
-    "-m",
-    "REDIRECT",
-    "-i",
-    "*",
-    "-x",
-    "",
-    "-b",
-    "*",
-    "-d",
-    "15090,15021,15020",
-]
+ARGS = list(lab.SIDECAR_ARGS)
 POD, PEER = "10.88.0.2", "10.88.0.1"
 
 

@@ -16,6 +16,26 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+# The istio-init arguments of Istio's sidecar template: what an injected pod's init container runs.
+SIDECAR_ARGS = (
+    "-p",
+    "15001",
+    "-z",
+    "15006",
+    "-u",
+    "1337",
+    "-m",
+    "REDIRECT",
+    "-i",
+    "*",
+    "-x",
+    "",
+    "-b",
+    "*",
+    "-d",
+    "15090,15021,15020",
+)
+
 
 def sh(
     *argv: str,

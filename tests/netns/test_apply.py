@@ -17,24 +17,7 @@ from netinit.redirect import parse_save
 
 pytestmark = pytest.mark.requires_root
 
-ISTIO_DEFAULT = [
-    "-p",
-    "15001",
-    "-z",
-    "15006",
-    "-u",
-    "1337",
-    "-m",
-    "REDIRECT",
-    "-i",
-    "*",
-    "-x",
-    "",
-    "-b",
-    "*",
-    "-d",
-    "15090,15021,15020",
-]
+ISTIO_DEFAULT = list(lab.SIDECAR_ARGS)
 FULL = [
     *ISTIO_DEFAULT,
     "-q",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from netinit import lab
 from netinit.config import HostFacts, config_from_flags
 from netinit.plan import desired_state, plan
 from netinit.redirect import render_apply
@@ -19,24 +20,7 @@ DNS = HostFacts(dns_servers=("127.0.0.53",))
 DNS6 = HostFacts(has_global_ipv4=False, has_global_ipv6=True, dns_servers=("127.0.0.53", "::127.0.0.53"))
 GROUPS = HostFacts(group_ids={"java": 1500, "ftp": 21})
 GROUPS6 = HostFacts(has_global_ipv4=False, has_global_ipv6=True, group_ids={"java": 1500, "ftp": 21})
-ISTIO = [
-    "-p",
-    "15001",
-    "-z",
-    "15006",
-    "-u",
-    "1337",
-    "-m",
-    "REDIRECT",
-    "-i",
-    "*",
-    "-x",
-    "",
-    "-b",
-    "*",
-    "-d",
-    "15090,15021,15020",
-]
+ISTIO = list(lab.SIDECAR_ARGS)
 
 # name -> (flags, env, facts)
 CASES: dict[str, tuple[list[str], dict[str, str], HostFacts]] = {
