@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             has4 = True
         users, groups = _names(raw.values)
         wants_dns = raw.flags["redirect_dns"] and not raw.flags["capture_all_dns"]
-        dns = netns.nameservers(netns.resolv_conf_for(raw.values.get("network_namespace"))) if wants_dns else ()
+        dns = netns.nameservers(netns.resolv_conf_for(raw.values.get("network_namespace"), pid)) if wants_dns else ()
         facts = HostFacts(has_global_ipv4=has4, has_global_ipv6=has6, dns_servers=dns, group_ids=groups, user_ids=users)
         cfg, run = resolve(raw, facts, warn=_log)
         ruleset = plan(cfg)

@@ -43,8 +43,11 @@ def enter(path: Path) -> None:
         os.close(fd)
 
 
-def resolv_conf_for(netns_name: str | None) -> Path:
-    """``ip netns exec`` bind-mounts /etc/netns/NAME/resolv.conf; honour the same file when given a name."""
+def resolv_conf_for(netns_name: str | None, pid: int | None = None) -> Path:
+    """The target's resolv.conf: the process's own view with ``--pid``; /etc/netns/NAME/resolv.conf (what
+    ``ip netns exec`` bind-mounts) with a namespace name; else /etc/resolv.conf."""
+    if pid is not None:
+        return Path(f"/proc/{pid}/root/etc/resolv.conf")
     if netns_name and "/" not in netns_name:
         p = Path("/etc/netns") / netns_name / "resolv.conf"
         if p.exists():
