@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
 from netinit.config import DNS_LISTENER_PORT, WILDCARD, CaptureConfig, Network
 
 Family = Literal[4, 6]
+FAMILIES: tuple[Family, ...] = (4, 6)
 TABLE_ORDER = ("filter", "mangle", "nat", "raw")
 BUILTIN_CHAINS = frozenset({"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"})
 # Every chain netinit may own; cleanup and drift detection consider exactly these.
@@ -121,19 +122,9 @@ def udp(**opts: str) -> Match:
     return Match("udp", tuple(opts.items()))
 
 
-def owner(uid: str | None = None, gid: str | None = None) -> Match:
-    if uid is not None:
-        return Match("owner", (("uid-owner", uid),))
-    assert gid is not None
-    return Match("owner", (("gid-owner", gid),))
-
-
-def _port_match(proto: str, name: str, port: str) -> Match:
-    return Match(proto, ((name, port),))
-
-
-def hexmark(v: int) -> str:
-    return hex(v)
+def owner(kind: str, ident: str) -> Match:
+    """``-m owner --uid-owner``/``--gid-owner`` (kind "uid"/"gid"); a ``!`` prefix on ident negates."""
+    return Match("owner", ((f"{kind}-owner", ident),))
 
 
 class _Builder:
@@ -155,9 +146,13 @@ class _Builder:
         self.v4_rule(r)
         self.v6_rule(r)
 
-    def versioned(self, make: Iterable[tuple[Family, Rule]]) -> None:
-        for fam, r in make:
-            (self.v4_rule if fam == 4 else self.v6_rule)(r)
+    def add(self, fam: Family, r: Rule) -> None:
+        (self.v4_rule if fam == 4 else self.v6_rule)(r)
+
+    def per_family(self, make: Callable[[Family], Rule]) -> None:
+        """istio-iptables' AppendVersionedRule: the same rule with a family-specific address."""
+        self.v4_rule(make(4))
+        self.v6_rule(make(6))
 
 
 def _split_networks(nets: tuple[Network, ...]) -> tuple[list[str], list[str]]:
@@ -177,12 +172,8 @@ def plan(cfg: CaptureConfig) -> RuleSet:
     lo = {4: lo4, 6: "::1/128"}
     passthrough = {4: "127.0.0.6/32", 6: "::6/128"}
     tproxy = cfg.mode == "TPROXY"
-    mark = hexmark(cfg.tproxy_mark)
+    mark = hex(cfg.tproxy_mark)
     tunnel = str(cfg.inbound_tunnel_port)
-
-    def per_family(fn: object) -> Iterator[tuple[Family, Rule]]:
-        for fam in (4, 6):
-            yield fam, fn(fam)  # type: ignore[operator]
 
     if cfg.outbound_cidrs == WILDCARD:
         inc4: list[str] | str = WILDCARD
@@ -222,31 +213,30 @@ def plan(cfg: CaptureConfig) -> RuleSet:
         b.both(Rule("nat", "ISTIO_OUTPUT", "RETURN", proto="tcp", matches=(tcp(dport=port),)))
         b.both(Rule("nat", "ISTIO_OUTPUT", "RETURN", proto="udp", matches=(udp(dport=port),)))
 
-    b.versioned(per_family(lambda f: Rule("nat", "ISTIO_OUTPUT", "RETURN", src=passthrough[f], out_iface="lo")))
+    b.per_family(lambda f: Rule("nat", "ISTIO_OUTPUT", "RETURN", src=passthrough[f], out_iface="lo"))
 
     dns = cfg.redirect_dns
     for kind, ids in (("uid", cfg.proxy_uids), ("gid", cfg.proxy_gids)):
         for ident in ids:
-            own = owner(uid=ident) if kind == "uid" else owner(gid=ident)
-            neg = owner(uid="!" + ident) if kind == "uid" else owner(gid="!" + ident)
+            own, neg = owner(kind, ident), owner(kind, "!" + ident)
             # App calls itself through a VIP: app -> Envoy outbound -> Envoy inbound -> app.
             if dns and kind == "uid":
                 port_m = Match("multiport", (("dports", f"!53,{tunnel}"),))
             else:
                 port_m = tcp(dport="!" + tunnel)
-            b.versioned(
-                per_family(
-                    lambda f, port_m=port_m, own=own: Rule(
+            for fam in FAMILIES:
+                b.add(
+                    fam,
+                    Rule(
                         "nat",
                         "ISTIO_OUTPUT",
                         "ISTIO_IN_REDIRECT",
-                        dst="!" + lo[f],
+                        dst="!" + lo[fam],
                         out_iface="lo",
                         proto="tcp",
                         matches=(port_m, own),
-                    )
+                    ),
                 )
-            )
             # App talks to itself over lo by pod IP: not captured (unless loopback is explicitly included).
             if not inc_loopback:
                 if dns:
@@ -268,15 +258,15 @@ def plan(cfg: CaptureConfig) -> RuleSet:
     # Owner-group filter (env-only ISTIO_OUTBOUND_OWNER_GROUPS[_EXCLUDE]).
     if cfg.owner_groups_include == WILDCARD:
         for g in cfg.owner_groups_exclude:
-            b.both(Rule("nat", "ISTIO_OUTPUT", "RETURN", matches=(owner(gid=g),)))
+            b.both(Rule("nat", "ISTIO_OUTPUT", "RETURN", matches=(owner("gid", g),)))
     else:
-        groups = tuple(owner(gid="!" + g) for g in cfg.owner_groups_include)
+        groups = tuple(owner("gid", "!" + g) for g in cfg.owner_groups_include)
         b.both(Rule("nat", "ISTIO_OUTPUT", "RETURN", matches=groups))
 
     if dns:
         _dns(b, cfg)
 
-    b.versioned(per_family(lambda f: Rule("nat", "ISTIO_OUTPUT", "RETURN", dst=lo[f])))
+    b.per_family(lambda f: Rule("nat", "ISTIO_OUTPUT", "RETURN", dst=lo[f]))
     for c in exc4:
         b.v4_rule(Rule("nat", "ISTIO_OUTPUT", "RETURN", dst=c))
     for c in exc6:
@@ -285,17 +275,17 @@ def plan(cfg: CaptureConfig) -> RuleSet:
     for port in cfg.outbound_ports:
         b.both(Rule("nat", "ISTIO_OUTPUT", "ISTIO_REDIRECT", proto="tcp", matches=(tcp(dport=port),)))
 
-    for fam, inc in ((4, inc4), (6, inc6)):
-        add = b.v4_rule if fam == 4 else b.v6_rule
+    includes: tuple[tuple[Family, list[str] | str], ...] = ((4, inc4), (6, inc6))
+    for fam, inc in includes:
         if inc == WILDCARD:
-            add(Rule("nat", "ISTIO_OUTPUT", "ISTIO_REDIRECT"))
+            b.add(fam, Rule("nat", "ISTIO_OUTPUT", "ISTIO_REDIRECT"))
             for iface in cfg.kube_virt_interfaces:
-                add(Rule("nat", "PREROUTING", "ISTIO_REDIRECT", in_iface=iface, insert_at=1))
-        else:
-            for c in inc:
-                for iface in cfg.kube_virt_interfaces:
-                    add(Rule("nat", "PREROUTING", "ISTIO_REDIRECT", dst=c, in_iface=iface, insert_at=1))
-                add(Rule("nat", "ISTIO_OUTPUT", "ISTIO_REDIRECT", dst=c))
+                b.add(fam, Rule("nat", "PREROUTING", "ISTIO_REDIRECT", in_iface=iface, insert_at=1))
+            continue
+        for c in inc:
+            for iface in cfg.kube_virt_interfaces:
+                b.add(fam, Rule("nat", "PREROUTING", "ISTIO_REDIRECT", dst=c, in_iface=iface, insert_at=1))
+            b.add(fam, Rule("nat", "ISTIO_OUTPUT", "ISTIO_REDIRECT", dst=c))
 
     if tproxy:
         _tproxy_tail(b, cfg, lo, mark)
@@ -310,7 +300,7 @@ def _inbound(b: _Builder, cfg: CaptureConfig, lo: dict[int, str], mark: str) -> 
     if tproxy:
         b.both(Rule("mangle", "ISTIO_DIVERT", "MARK", (("set-xmark", f"{mark}/0xffffffff"),)))
         b.both(Rule("mangle", "ISTIO_DIVERT", "ACCEPT"))
-        for fam in (4, 6):
+        for fam in FAMILIES:
             r = Rule(
                 "mangle",
                 "ISTIO_TPROXY",
@@ -323,7 +313,7 @@ def _inbound(b: _Builder, cfg: CaptureConfig, lo: dict[int, str], mark: str) -> 
                 dst="!" + lo[fam],
                 proto="tcp",
             )
-            (b.v4_rule if fam == 4 else b.v6_rule)(r)
+            b.add(fam, r)
     b.both(Rule(table, "PREROUTING", "ISTIO_INBOUND", proto="tcp"))
     established = Match("conntrack", (("ctstate", "RELATED,ESTABLISHED"),))
     if cfg.inbound_ports == WILDCARD:
@@ -347,84 +337,49 @@ def _dns(b: _Builder, cfg: CaptureConfig) -> None:
     """DNS to the agent on 15053, with UDP split into two conntrack zones (istio-iptables' SetupDNSRedir)."""
     to = (("to-ports", str(DNS_LISTENER_PORT)),)
     all_dns = cfg.capture_all_dns
-    v4, v6 = cfg.dns_servers_v4, cfg.dns_servers_v6
+    # The resolv.conf nameservers of each family, as host CIDRs.
+    servers: tuple[tuple[Family, list[str]], ...] = (
+        (4, [f"{s}/32" for s in cfg.dns_servers_v4]),
+        (6, [f"{_v6(s)}/128" for s in cfg.dns_servers_v6]),
+    )
     b.both(Rule("raw", "OUTPUT", "ISTIO_OUTPUT_DNS"))
-    if all_dns or v4:
-        b.v4_rule(Rule("nat", "ISTIO_OUTPUT", "ISTIO_OUTPUT_DNS"))
-    if all_dns or v6:
-        b.v6_rule(Rule("nat", "ISTIO_OUTPUT", "ISTIO_OUTPUT_DNS"))
+    for fam, hosts in servers:
+        if all_dns or hosts:
+            b.add(fam, Rule("nat", "ISTIO_OUTPUT", "ISTIO_OUTPUT_DNS"))
     for proto, m in (("tcp", tcp(dport="53")), ("udp", udp(dport="53"))):
         if all_dns:
             b.both(Rule("nat", "ISTIO_OUTPUT_DNS", "REDIRECT", to, proto=proto, matches=(m,)))
-        else:
-            for s in v4:
-                b.v4_rule(Rule("nat", "ISTIO_OUTPUT_DNS", "REDIRECT", to, dst=f"{s}/32", proto=proto, matches=(m,)))
-            for s in v6:
-                b.v6_rule(
-                    Rule("nat", "ISTIO_OUTPUT_DNS", "REDIRECT", to, dst=f"{_v6(s)}/128", proto=proto, matches=(m,))
-                )
+            continue
+        for fam, hosts in servers:
+            for h in hosts:
+                b.add(fam, Rule("nat", "ISTIO_OUTPUT_DNS", "REDIRECT", to, dst=h, proto=proto, matches=(m,)))
     # Conntrack zones: proxy <-> upstream resolvers in zone 1, app <-> proxy in zone 2.
+    zone1, zone2 = (("zone", "1"),), (("zone", "2"),)
     for kind, ids in (("uid", cfg.proxy_uids), ("gid", cfg.proxy_gids)):
         for ident in ids:
-            own = owner(uid=ident) if kind == "uid" else owner(gid=ident)
-            b.both(Rule("raw", "ISTIO_OUTPUT_DNS", "CT", (("zone", "1"),), proto="udp", matches=(udp(dport="53"), own)))
+            own = owner(kind, ident)
+            b.both(Rule("raw", "ISTIO_OUTPUT_DNS", "CT", zone1, proto="udp", matches=(udp(dport="53"), own)))
             b.both(
                 Rule(
                     "raw",
                     "ISTIO_OUTPUT_DNS",
                     "CT",
-                    (("zone", "2"),),
+                    zone2,
                     proto="udp",
                     matches=(udp(sport=str(DNS_LISTENER_PORT)), own),
                 )
             )
     if all_dns:
         b.both(Rule("raw", "PREROUTING", "ISTIO_INBOUND"))
-        b.both(Rule("raw", "ISTIO_OUTPUT_DNS", "CT", (("zone", "2"),), proto="udp", matches=(udp(dport="53"),)))
-        b.both(Rule("raw", "ISTIO_INBOUND", "CT", (("zone", "1"),), proto="udp", matches=(udp(sport="53"),)))
+        b.both(Rule("raw", "ISTIO_OUTPUT_DNS", "CT", zone2, proto="udp", matches=(udp(dport="53"),)))
+        b.both(Rule("raw", "ISTIO_INBOUND", "CT", zone1, proto="udp", matches=(udp(sport="53"),)))
         return
-    if v4:
-        b.v4_rule(Rule("raw", "PREROUTING", "ISTIO_INBOUND"))
-    for s in v4:
-        b.v4_rule(
-            Rule(
-                "raw",
-                "ISTIO_OUTPUT_DNS",
-                "CT",
-                (("zone", "2"),),
-                dst=f"{s}/32",
-                proto="udp",
-                matches=(udp(dport="53"),),
-            )
-        )
-        b.v4_rule(
-            Rule("raw", "ISTIO_INBOUND", "CT", (("zone", "1"),), src=f"{s}/32", proto="udp", matches=(udp(sport="53"),))
-        )
-    if v6:
-        b.v6_rule(Rule("raw", "PREROUTING", "ISTIO_INBOUND"))
-    for s in v6:
-        b.v6_rule(
-            Rule(
-                "raw",
-                "ISTIO_OUTPUT_DNS",
-                "CT",
-                (("zone", "2"),),
-                dst=f"{_v6(s)}/128",
-                proto="udp",
-                matches=(udp(dport="53"),),
-            )
-        )
-        b.v6_rule(
-            Rule(
-                "raw",
-                "ISTIO_INBOUND",
-                "CT",
-                (("zone", "1"),),
-                src=f"{_v6(s)}/128",
-                proto="udp",
-                matches=(udp(sport="53"),),
-            )
-        )
+    for fam, hosts in servers:
+        if hosts:
+            b.add(fam, Rule("raw", "PREROUTING", "ISTIO_INBOUND"))
+        for h in hosts:
+            b.add(fam, Rule("raw", "ISTIO_OUTPUT_DNS", "CT", zone2, dst=h, proto="udp", matches=(udp(dport="53"),)))
+            b.add(fam, Rule("raw", "ISTIO_INBOUND", "CT", zone1, src=h, proto="udp", matches=(udp(sport="53"),)))
 
 
 def _v6(s: str) -> str:
@@ -433,7 +388,7 @@ def _v6(s: str) -> str:
 
 
 def _tproxy_tail(b: _Builder, cfg: CaptureConfig, lo: dict[int, str], mark: str) -> None:
-    omark = hexmark(OUTBOUND_MARK)
+    omark = hex(OUTBOUND_MARK)
     b.both(
         Rule(
             "mangle",
@@ -447,8 +402,8 @@ def _tproxy_tail(b: _Builder, cfg: CaptureConfig, lo: dict[int, str], mark: str)
     b.both(Rule("mangle", "OUTPUT", "RETURN", out_iface="lo", proto="tcp", matches=(Match("mark", (("mark", mark),)),)))
     for kind, ids in (("uid", cfg.proxy_uids), ("gid", cfg.proxy_gids)):
         for ident in ids:
-            own = owner(uid=ident) if kind == "uid" else owner(gid=ident)
-            for fam in (4, 6):
+            own = owner(kind, ident)
+            for fam in FAMILIES:
                 r = Rule(
                     "mangle",
                     "OUTPUT",
@@ -459,7 +414,7 @@ def _tproxy_tail(b: _Builder, cfg: CaptureConfig, lo: dict[int, str], mark: str)
                     proto="tcp",
                     matches=(own,),
                 )
-                (b.v4_rule if fam == 4 else b.v6_rule)(r)
+                b.add(fam, r)
     b.both(
         Rule(
             "mangle",
