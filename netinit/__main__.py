@@ -53,7 +53,8 @@ def make_applier(name: str, forced: str | None, runner: Runner) -> Applier:
         from netinit.iptc_applier import IptcApplier  # lazy: libiptc costs ~200 ms to import
 
         return IptcApplier(runner)
-    return RestoreApplier(detect_backend(runner, forced), runner)
+    backend, probed_v4 = detect_backend(runner, forced)
+    return RestoreApplier(backend, runner, probed_v4)
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None, runner: Runner | None = None) -> int:

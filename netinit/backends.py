@@ -55,37 +55,39 @@ def _binaries(flavor: str) -> list[str]:
 
 def detect_backend(
     runner: Runner, forced: str | None = None, which: Callable[[str], str | None] = shutil.which
-) -> Backend:
+) -> tuple[Backend, str]:
     """Like istio-iptables: legacy only when legacy already holds rules and works; else nft; else legacy.
 
     ``forced`` (``--force-iptables-binary``) skips detection but still checks the binaries exist.
+    Returns the backend and the IPv4 ``iptables-save`` text its probe read, so the caller's snapshot
+    need not run the same command again (netinit's run time is pod start-up time).
     """
     problems: list[str] = []
 
-    def usable(flavor: str) -> tuple[bool, str]:
+    def probe(flavor: str) -> str | None:
         missing = [b for b in _binaries(flavor) if which(b) is None]
         if missing:
             problems.append(f"{flavor}: {', '.join(missing)} not found")
-            return False, ""
+            return None
         res = runner.run(Backend(flavor).save_cmd(4))
         if res.returncode != 0:
             problems.append(f"{flavor}: iptables-{flavor}-save failed: {res.stderr.strip() or res.returncode}")
-            return False, ""
-        return True, res.stdout
+            return None
+        return res.stdout
 
     if forced:
-        ok, _ = usable(forced)
-        if not ok:
+        state = probe(forced)
+        if state is None:
             raise BackendError(f"netinit: --force-iptables-binary {forced} is not usable here: {'; '.join(problems)}")
-        return Backend(forced)
-    legacy_ok, legacy_state = usable("legacy")
-    if legacy_ok and any(line.startswith("-A ") for line in legacy_state.splitlines()):
-        return Backend("legacy")
-    nft_ok, _ = usable("nft")
-    if nft_ok:
-        return Backend("nft")
-    if legacy_ok:
-        return Backend("legacy")
+        return Backend(forced), state
+    legacy = probe("legacy")
+    if legacy is not None and any(line.startswith("-A ") for line in legacy.splitlines()):
+        return Backend("legacy"), legacy
+    nft = probe("nft")
+    if nft is not None:
+        return Backend("nft"), nft
+    if legacy is not None:
+        return Backend("legacy"), legacy
     raise BackendError(
         "netinit: no usable iptables backend (" + "; ".join(problems) + "). "
         "Install iptables (Debian: apt-get install iptables) and make sure the kernel has "
@@ -111,11 +113,15 @@ class RestoreApplier:
 
     name = "restore"
 
-    def __init__(self, backend: Backend, runner: Runner) -> None:
+    def __init__(self, backend: Backend, runner: Runner, probed_v4: str | None = None) -> None:
         self.backend = backend
         self.runner = runner
+        self._probed_v4 = probed_v4  # detection's read, served once to the first IPv4 save
 
     def save(self, fam: Family) -> str:
+        if fam == 4 and self._probed_v4 is not None:
+            state, self._probed_v4 = self._probed_v4, None
+            return state
         res = self.runner.run(self.backend.save_cmd(fam))
         if res.returncode != 0:
             raise BackendError(f"netinit: {' '.join(self.backend.save_cmd(fam))} failed: {res.stderr.strip()}")

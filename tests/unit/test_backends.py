@@ -1,0 +1,62 @@
+"""Backend detection, with a scripted Runner and a fake PATH (no iptables touched)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from netinit.backends import Completed, RestoreApplier, detect_backend
+from netinit.errors import BackendError
+
+EMPTY = "*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n"
+WITH_RULES = "*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -j KUBE\nCOMMIT\n"
+
+
+class Scripted:
+    def __init__(self, outputs: dict[str, Completed]) -> None:
+        self.outputs = outputs
+        self.calls: list[str] = []
+
+    def run(self, argv: Sequence[str], stdin: str | None = None) -> Completed:
+        self.calls.append(argv[0])
+        return self.outputs[argv[0]]
+
+
+def which_all(name: str) -> str | None:
+    return f"/usr/sbin/{name}"
+
+
+def test_legacy_wins_only_when_it_holds_rules() -> None:
+    r = Scripted({"iptables-legacy-save": Completed(0, WITH_RULES, ""), "iptables-nft-save": Completed(0, EMPTY, "")})
+    backend, state = detect_backend(r, which=which_all)
+    assert backend.flavor == "legacy" and state == WITH_RULES
+    assert r.calls == ["iptables-legacy-save"]  # nft is not even probed
+    r = Scripted({"iptables-legacy-save": Completed(0, EMPTY, ""), "iptables-nft-save": Completed(0, EMPTY, "")})
+    backend, state = detect_backend(r, which=which_all)
+    assert backend.flavor == "nft" and state == EMPTY
+
+
+def test_legacy_is_the_fallback_when_nft_fails() -> None:
+    r = Scripted({"iptables-legacy-save": Completed(0, EMPTY, ""), "iptables-nft-save": Completed(1, "", "no nft")})
+    assert detect_backend(r, which=which_all)[0].flavor == "legacy"
+
+
+def test_nothing_usable_names_what_is_missing() -> None:
+    r = Scripted({})
+    with pytest.raises(BackendError) as e:
+        detect_backend(r, which=lambda name: None)
+    assert "iptables-legacy-save" in str(e.value) and "iptables-nft-restore" in str(e.value)
+    assert "apt-get install iptables" in str(e.value)
+    with pytest.raises(BackendError) as e:
+        detect_backend(Scripted({"iptables-nft-save": Completed(4, "", "nat table missing")}), "nft", which_all)
+    assert "nat table missing" in str(e.value)
+
+
+def test_probe_read_serves_the_first_snapshot_only() -> None:
+    r = Scripted({"iptables-nft-save": Completed(0, EMPTY, "")})
+    backend, state = detect_backend(r, "nft", which_all)
+    applier = RestoreApplier(backend, r, state)
+    assert applier.save(4) == EMPTY and r.calls == ["iptables-nft-save"]
+    applier.save(4)
+    assert r.calls == ["iptables-nft-save", "iptables-nft-save"]
