@@ -15,9 +15,9 @@ from collections.abc import Mapping, Sequence
 
 from netinit import netns
 from netinit.backends import Applier, RestoreApplier, Runner, SubprocessRunner, detect_backend
-from netinit.config import HostFacts, parse_options, resolve
+from netinit.config import CaptureConfig, HostFacts, parse_options, resolve
 from netinit.errors import ApplyError, ConfigError, NetinitError
-from netinit.plan import RuleSet, plan
+from netinit.plan import plan
 from netinit.redirect import cleanup, render_apply
 
 
@@ -100,8 +100,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         if run.cleanup_only:
             applier = make_applier(run.applier, run.force_iptables_binary, runner)
             full = plan(dataclasses.replace(cfg, enable_ipv6=True))
-            out = cleanup(full, applier, _log)
-            _log(out.message)
+            _log(cleanup(full, applier, _log))
             return 0
 
         if not run.skip_rule_apply:
@@ -112,16 +111,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
                 f"backend: iptables-{applier.backend.flavor} via {applier.name}; "
                 f"families: {', '.join(f'IPv{f}' for f in ruleset.families())}"
             )
-            out = apply_ruleset(ruleset, applier, reconcile=run.reconcile, force=run.force_apply, log=_log)
-            _log(out.message)
-            _post_apply(
-                cfg_mode=cfg.mode,
-                ruleset=ruleset,
-                mark=cfg.tproxy_mark,
-                table=cfg.tproxy_route_table,
-                inbound=bool(cfg.inbound_ports),
-                runner=runner,
-            )
+            _log(apply_ruleset(ruleset, applier, reconcile=run.reconcile, force=run.force_apply, log=_log))
+            _post_apply(cfg, runner)
         if run.run_validation:
             from netinit.validate import validate
 
@@ -133,13 +124,14 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         return e.exit_code
 
 
-def _post_apply(cfg_mode: str, ruleset: RuleSet, mark: int, table: int, inbound: bool, runner: Runner) -> None:
-    if ruleset.enable_ipv6:
+def _post_apply(cfg: CaptureConfig, runner: Runner) -> None:
+    """What the rules rely on outside iptables: ``::6`` on lo (IPv6) and the TPROXY policy route."""
+    if cfg.enable_ipv6:
         res = runner.run(["ip", "-6", "addr", "replace", "::6/128", "dev", "lo"])
         if res.returncode != 0:
             raise ApplyError(f"netinit: rules applied, but adding ::6/128 to lo failed: {res.stderr.strip()}")
-    if cfg_mode == "TPROXY" and inbound:
-        netns.configure_tproxy_routes(mark, table, ruleset.enable_ipv6)
+    if cfg.mode == "TPROXY" and cfg.inbound_ports:
+        netns.configure_tproxy_routes(cfg.tproxy_mark, cfg.tproxy_route_table, cfg.enable_ipv6)
 
 
 def main_entry() -> None:

@@ -122,7 +122,6 @@ class IptcApplier(RestoreApplier):
                     table.refresh()
                     tables.append(table)
                     live = {c: list(r) for c, r in current[name].chains.items()} if name in current else {}
-                    tname = name
                     continue
                 if line == "COMMIT" or table is None:
                     continue
@@ -152,7 +151,7 @@ class IptcApplier(RestoreApplier):
                     if op == "-I":
                         n, spec = spec.split(" ", 1)
                         pos = int(n)
-                    rule = parse_spec(tname, chain, spec, pos)
+                    rule = parse_spec(name, chain, spec, pos)
                     ch = iptc.Chain(table, chain)
                     if pos is None:
                         ch.append_rule(to_iptc(rule, iptc, fam))

@@ -15,7 +15,7 @@ Both families are snapshotted first; if anything fails, every family is restored
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from netinit.backends import Applier
 from netinit.errors import ApplyError, DriftError, NetinitError
@@ -68,7 +68,6 @@ class TableDiff:
     in_place: bool
     residue: bool
     payload: str = ""
-    touched_builtin: list[str] = field(default_factory=list)
 
 
 def _ours_in_builtin(specs: Iterable[str], wanted: set[str]) -> list[str]:
@@ -104,18 +103,14 @@ def diff_family(rules: tuple[Rule, ...], current: dict[str, TableState]) -> list
                 lines.append(r.line())
         lines.append("COMMIT")
         in_place = des_own == cur_own and all(builtin_ok.values())
-        out.append(
-            TableDiff(t, in_place, residue, "\n".join(lines) + "\n", [c for c, ok in builtin_ok.items() if not ok])
-        )
+        out.append(TableDiff(t, in_place, residue, "\n".join(lines) + "\n"))
     return out
 
 
 def _has_ours(st: TableState | None) -> bool:
     if st is None:
         return False
-    if st.own_chains():
-        return True
-    return any(_target(s) in OWN_CHAINS for ch in BUILTIN_CHAINS for s in st.chains.get(ch, []))
+    return bool(st.own_chains()) or any(_ours_in_builtin(st.chains.get(ch, []), set()) for ch in BUILTIN_CHAINS)
 
 
 def render_apply(rules: tuple[Rule, ...]) -> str:
@@ -145,12 +140,6 @@ def _rollback_payload(snapshot: str, touched_tables: Iterable[str]) -> str:
     present = set(parse_save(snapshot))
     extra = "".join(f"*{t}\nCOMMIT\n" for t in touched_tables if t not in present)
     return snapshot + extra
-
-
-@dataclass
-class Outcome:
-    changed: bool
-    message: str
 
 
 class Transaction:
@@ -192,7 +181,7 @@ class Transaction:
             raise ApplyError(f"{e} (state rolled back to the snapshot)") from e
 
 
-def apply_ruleset(ruleset: RuleSet, applier: Applier, *, reconcile: bool, force: bool, log: Log) -> Outcome:
+def apply_ruleset(ruleset: RuleSet, applier: Applier, *, reconcile: bool, force: bool, log: Log) -> str:
     fams_to_read = ruleset.families()
     txn = Transaction(applier, fams_to_read, log)
     states = txn.snapshot()
@@ -209,23 +198,23 @@ def apply_ruleset(ruleset: RuleSet, applier: Applier, *, reconcile: bool, force:
                     drift.append(f"IPv{fam} {d.table}")
         payloads[fam] = "".join(d.payload for d in diffs if force or not d.in_place)
     if all_in_place and not force:
-        return Outcome(False, "capture rules already in place; nothing to do")
+        return "capture rules already in place; nothing to do"
     if drift and not (reconcile or force):
         raise DriftError(
             "netinit: rules of ours already exist but differ from the plan in "
             f"{', '.join(drift)}; re-run with --reconcile to replace them (nothing was changed)"
         )
     txn.run(payloads)
-    return Outcome(True, "capture rules applied" + (" (replaced drifted rules)" if drift else ""))
+    return "capture rules applied" + (" (replaced drifted rules)" if drift else "")
 
 
-def cleanup(ruleset: RuleSet, applier: Applier, log: Log) -> Outcome:
+def cleanup(ruleset: RuleSet, applier: Applier, log: Log) -> str:
     """Remove ours from both families (a dual-stack run may have left IPv6 rules); pass a dual-stack plan."""
     fams: tuple[Family, ...] = (4, 6)
     txn = Transaction(applier, fams, log)
     states = txn.snapshot()
     payloads = {fam: render_cleanup(ruleset.family(fam), states[fam]) for fam in fams}
     if not any(payloads.values()):
-        return Outcome(False, "nothing of ours to clean up")
+        return "nothing of ours to clean up"
     txn.run(payloads)
-    return Outcome(True, "capture rules removed")
+    return "capture rules removed"
