@@ -1,0 +1,112 @@
+"""The standalone bootstrap in a real Envoy, in a real namespace, as the proxy uid 1337.
+
+First alone (readiness and metrics ports answer), then behind netinit's sidecar rules, where real connections
+from the app uid and from a peer namespace must be carried by Envoy's passthrough clusters.
+
+Topology of the traffic test: ``pod`` (10.67.0.2) <-veth-> ``peer`` (10.67.0.1).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from injector.envoy_bootstrap import bootstrap
+from netinit import lab
+from tests.envoy_bin import envoy_binary
+
+pytestmark = pytest.mark.requires_root
+
+POD, PEER = "10.67.0.2", "10.67.0.1"
+ADMIN = "http://127.0.0.1:15000"
+
+
+def curl(ns: str, url: str) -> tuple[int, str]:
+    """(HTTP status, stripped body) of a GET from inside ``ns``; status 0 when nothing answered in time."""
+    res = lab.sh("curl", "-s", "-m", "2", "-w", "\n%{http_code}", url, ns=ns, check=False)
+    body, _, code = res.stdout.rpartition("\n")
+    return int(code or 0), body.strip()
+
+
+def stats(ns: str) -> dict[str, str]:
+    code, body = curl(ns, f"{ADMIN}/stats")
+    assert code == 200
+    return dict(line.split(": ", 1) for line in body.splitlines() if ": " in line)
+
+
+@contextmanager
+def envoy(ns: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """Envoy with the default bootstrap inside ``ns`` as uid/gid 1337, ready (admin /ready says LIVE); killed after."""
+    cmd = ["ip", "netns", "exec", ns, "setpriv", "--reuid=1337", "--regid=1337", "--clear-groups"]
+    cmd += [envoy_binary(), "--disable-hot-restart", "--config-yaml", json.dumps(bootstrap())]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 5
+        while curl(ns, f"{ADMIN}/ready") != (200, "LIVE"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"Envoy did not become ready (exit {proc.poll()}):\n{log.read_text()[-3000:]}")
+            time.sleep(0.05)
+        yield proc
+    finally:
+        proc.kill()  # `ip netns exec` and setpriv exec: this pid is Envoy itself
+        proc.wait(timeout=5)
+
+
+def test_envoy_answers_readiness_and_metrics_as_the_proxy_uid(netns: str, tmp_path: Path) -> None:
+    with envoy(netns, tmp_path / "envoy.log") as proc:
+        status = dict(line.split(":", 1) for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines())
+        assert status["Name"].strip() == "envoy"
+        assert status["Uid"].split()[:2] == ["1337", "1337"] and status["Gid"].split()[:2] == ["1337", "1337"]
+        assert curl(netns, "http://127.0.0.1:15021/healthz/ready") == (200, "LIVE")
+        code, body = curl(netns, "http://127.0.0.1:15090/stats/prometheus")
+        assert code == 200
+        assert "# TYPE envoy_server_live gauge" in body and "envoy_server_live{} 1" in body
+        # Only those two paths are exposed off-loopback, not the admin API.
+        assert curl(netns, "http://127.0.0.1:15090/quitquitquit")[0] == 404
+        assert curl(netns, "http://127.0.0.1:15021/ready")[0] == 404
+
+
+def test_dialling_a_capture_port_directly_is_black_holed_not_looped(netns: str, tmp_path: Path) -> None:
+    with envoy(netns, tmp_path / "envoy.log"):
+        for port in (15001, 15006):
+            assert lab.connect(netns, "127.0.0.1", port, uid=1000) == ""  # closed at once, no echo from anywhere
+        s = stats(netns)
+        assert s["cluster.BlackHoleCluster.upstream_cx_none_healthy"] == "2"
+        assert s["cluster.PassthroughCluster.upstream_cx_total"] == "0"
+        assert s["cluster.InboundPassthroughCluster.upstream_cx_total"] == "0"
+        assert curl(netns, "http://127.0.0.1:15021/healthz/ready") == (200, "LIVE")
+
+
+def test_captured_traffic_is_carried_by_envoy(netns: str, tmp_path: Path) -> None:
+    pod = netns
+    with lab.namespace("peer") as peer:
+        lab.link(pod, f"{POD}/24", peer, f"{PEER}/24")
+        res = lab.run_netinit(*lab.SIDECAR_ARGS, "--network-namespace", pod)
+        assert res.returncode == 0, res.stderr
+        app = lab.plain_server(pod, "0.0.0.0", 8080, uid=1000)
+        remote = lab.plain_server(peer, "0.0.0.0", 9090, uid=1000)
+        try:
+            with envoy(pod, tmp_path / "envoy.log"):
+                before = stats(pod)
+                # Outbound from the app uid: captured to 15001, forwarded to the original destination from the pod IP.
+                assert lab.connect(pod, PEER, 9090, uid=1000).startswith(f"direct:{POD}:")
+                # Inbound from the peer: captured to 15006, delivered to the app from 127.0.0.6 (not re-captured).
+                assert lab.connect(peer, POD, 8080).startswith("direct:127.0.0.6:")
+                # The kubelet's probe port is excluded from capture and still answers from outside.
+                assert curl(peer, f"http://{POD}:15021/healthz/ready") == (200, "LIVE")
+                after = stats(pod)
+        finally:
+            app.stop()
+            remote.stop()
+    for name in ("PassthroughCluster", "InboundPassthroughCluster"):
+        key = f"cluster.{name}.upstream_cx_total"
+        assert (int(before[key]), int(after[key])) == (0, 1), name
+    assert int(after["cluster.InboundPassthroughCluster.upstream_cx_connect_fail"]) == 0
+    assert int(after["listener.0.0.0.0_15006.downstream_cx_total"]) == 1
