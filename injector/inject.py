@@ -257,7 +257,9 @@ def post_process(pod: Obj, template_pod: Obj, req: Request, s: Settings, r: Rend
     if network:
         labels[NETWORK_LABEL] = network
     ann[A.STATUS] = injection_status(template_pod, req.revision)
-    ann.update(req.config.injected_annotations)
+    for k, v in req.config.injected_annotations.items():
+        ann.pop(k, None)  # re-set at the end, so re-injection prints the same order
+        ann[k] = v
     if not labels and not had_labels:
         del meta["labels"]
 

@@ -75,12 +75,12 @@ def rewrite(pod: dict[str, Any], status_port: int, proxy_name: str = "istio-prox
                 continue
             probers[url] = prober
             new = {k: v for k, v in handler.items() if k not in _HANDLERS}
-            http: dict[str, Any] = {"path": url, "port": status_port}
-            if "httpGet" in handler:
-                # Keep host and headers; HTTPS becomes HTTP to the agent, which speaks HTTPS to the app.
-                http = {**handler["httpGet"], **http}
-                if http.get("scheme") == "HTTPS":
-                    http["scheme"] = "HTTP"
+            # Keep host and headers (in a fixed order, so re-injection prints the same); HTTPS becomes HTTP to
+            # the agent, which speaks HTTPS to the app.
+            kept = sorted((k, v) for k, v in (handler.get("httpGet") or {}).items() if k not in ("path", "port"))
+            http: dict[str, Any] = {"path": url, "port": status_port, **dict(kept)}
+            if http.get("scheme") == "HTTPS":
+                http["scheme"] = "HTTP"
             new["httpGet"] = http
             holder[field] = new
     if not probers:
