@@ -189,7 +189,7 @@ def render(req: Request, names: list[str], pod: Obj, s: Settings, native: bool, 
         try:
             module = env.get_template(name).make_module(ctx)
             text = str(module)
-            doc = yaml.safe_load(text) or {}
+            doc = yaml.load(text, Loader=_YAML_LOADER) or {}
         except TemplateError:
             raise
         except jinja2.TemplateError as e:
@@ -356,6 +356,8 @@ def _environment(templates: tuple[tuple[str, str], ...]) -> jinja2.Environment:
     return env
 
 
+# libyaml when present: the pure-Python parser is most of the per-pod cost of a render.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _LABEL_VALUE_EDGE = re.compile(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$")
 
 

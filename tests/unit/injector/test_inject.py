@@ -1,0 +1,242 @@
+"""inject(): refusals, template selection, native sidecar resolution, un-injection and the patch."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+from typing import Any
+
+import jsonpatch
+import pytest
+
+from injector import annotations as A
+from injector.config import load_config
+from injector.errors import AnnotationError, Refused, TemplateError
+from injector.inject import Request, Workload, canonical_service, inject, uninject, workload_of
+
+CFG = load_config()
+
+
+def pod(annotations: dict[str, str] | None = None, **extra: Any) -> dict[str, Any]:
+    p: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p", "namespace": "ns", "annotations": annotations or {}},
+        "spec": {"containers": [{"name": "app", "image": "app:1"}]},
+    }
+    p["spec"].update(extra)
+    return p
+
+
+def run(p: dict[str, Any], **kw: Any) -> Any:
+    return inject(Request(pod=p, namespace="ns", config=kw.pop("config", CFG), **kw))
+
+
+BAD = [
+    (A.INCLUDE_OUTBOUND_IP_RANGES, "10.0.0.0/33"),
+    (A.INCLUDE_OUTBOUND_IP_RANGES, "*,10.0.0.0/8"),
+    (A.EXCLUDE_OUTBOUND_IP_RANGES, "*"),
+    (A.INCLUDE_INBOUND_PORTS, "80,http"),
+    (A.EXCLUDE_INBOUND_PORTS, "70000"),
+    (A.INCLUDE_OUTBOUND_PORTS, "0"),
+    (A.EXCLUDE_OUTBOUND_PORTS, "1000-2000"),
+    (A.EXCLUDE_INTERFACES, "eth0;reboot"),
+    (A.KUBEVIRT_INTERFACES, "a-very-long-interface-name"),
+    (A.REROUTE_VIRTUAL_INTERFACES, "net 1"),
+    (A.INTERCEPTION_MODE, "redirect"),
+    (A.PROXY_IMAGE, "proxy image"),
+    (A.PROXY_IMAGE, "proxy\n  command: [sh]"),
+    (A.PROXY_CPU, "lots"),
+    (A.PROXY_MEMORY, "128Mi\n"),
+    (A.PROXY_CPU_LIMIT, "-1"),
+    (A.PROXY_MEMORY_LIMIT, "1GB"),
+    (A.NATIVE_SIDECAR, "yes"),
+    (A.REWRITE_PROBES, "maybe"),
+    (A.LOG_LEVEL, "verbose"),
+    (A.COMPONENT_LOG_LEVEL, "upstream=debug"),
+    (A.AGENT_LOG_LEVEL, "default:chatty"),
+    (A.USER_VOLUME, "[1, 2]"),
+    (A.USER_VOLUME, '{"Bad_Name": {"emptyDir": {}}}'),
+    (A.USER_VOLUME_MOUNT, '{"certs": {"readOnly": true}}'),
+    (A.USER_VOLUME_MOUNT, "{not json"),
+    (A.BOOTSTRAP_OVERRIDE, "My_Bootstrap"),
+    (A.STATUS_PORT, "65536"),
+    (A.STATUS_PORT, "abc"),
+    (A.READINESS_INITIAL_DELAY, "-1"),
+    (A.READINESS_PERIOD, "0"),
+    (A.READINESS_FAILURE_THRESHOLD, "1.5"),
+    (A.PROXY_CONFIG, "holdApplicationUntilProxyStarts: yes please"),
+    (A.PROXY_CONFIG, "holdApplicationUntilProxyStart: true"),
+    (A.PROXY_CONFIG, "interceptionMode: BOGUS"),
+    (A.PROXY_CONFIG, "proxyMetadata: {PORT: 80}"),
+    (A.PROXY_CONFIG, "[1, 2]"),
+    (A.PROMETHEUS_MERGE, "sometimes"),
+    (A.TEMPLATES, "sidecar,../etc"),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), BAD, ids=[f"{n.split('/')[-1]}={v!r}" for n, v in BAD])
+def test_bad_annotations_refuse_the_pod_naming_annotation_and_value(name: str, value: str) -> None:
+    with pytest.raises(AnnotationError) as e:
+        run(pod({name: value}))
+    assert e.value.name == name
+    assert name in str(e.value)
+    assert repr(value[:77]).strip("'")[:20] in str(e.value)
+
+
+GOOD = [
+    (A.INCLUDE_OUTBOUND_IP_RANGES, " 10.0.0.0/8 , fd00::/8 ", ["-i", "10.0.0.0/8,fd00::/8"]),
+    (A.INCLUDE_OUTBOUND_IP_RANGES, "", ["-i", ""]),
+    (A.EXCLUDE_INBOUND_PORTS, "15020,9000", ["-d", "15090,15021,15020,9000"]),
+    (A.STATUS_PORT, "0", ["-d", "15090,15021"]),
+    (A.INTERCEPTION_MODE, "TPROXY", ["-m", "TPROXY"]),
+    (A.PROXY_CONFIG, '{"interceptionMode": "TPROXY"}', ["-m", "TPROXY"]),
+    (A.KUBEVIRT_INTERFACES, "vnet0", ["-k", "vnet0"]),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "args"), GOOD, ids=[f"{n.split('/')[-1]}={v!r}" for n, v, _ in GOOD])
+def test_annotations_reach_netinit_flags(name: str, value: str, args: list[str]) -> None:
+    r = run(pod({name: value, A.TEMPLATES: "sidecar"}))
+    init = next(c for c in r.pod["spec"]["initContainers"] if c["name"] == "istio-init")
+    flags = init["args"]
+    i = flags.index(args[0])
+    assert flags[i : i + 2] == args
+
+
+def test_interception_annotation_beats_proxy_config() -> None:
+    r = run(pod({A.INTERCEPTION_MODE: "REDIRECT", A.PROXY_CONFIG: "interceptionMode: TPROXY"}))
+    assert "REDIRECT" in r.pod["spec"]["initContainers"][0]["args"]
+
+
+def test_unknown_template_lists_known_ones() -> None:
+    with pytest.raises(TemplateError, match=r"'nope' not found; have envoy, sidecar"):
+        run(pod({A.TEMPLATES: "sidecar,nope"}))
+
+
+def test_partials_are_not_selectable() -> None:
+    with pytest.raises(AnnotationError, match="'_common' is not a template name"):
+        run(pod({A.TEMPLATES: "_common"}))
+    with pytest.raises(TemplateError, match="'_common' not found"):
+        run(pod(), config=replace(CFG, default_templates=("_common",)))
+
+
+def test_envoy_template_refuses_tproxy() -> None:
+    with pytest.raises(TemplateError, match="TPROXY needs the sidecar template"):
+        run(pod({A.INTERCEPTION_MODE: "TPROXY"}))
+
+
+def test_template_that_renders_garbage_is_refused() -> None:
+    cfg = replace(CFG, templates={**CFG.templates, "broken": "spec: [unclosed"}, default_templates=("broken",))
+    with pytest.raises(TemplateError, match="did not render valid YAML"):
+        run(pod(), config=cfg)
+    cfg = replace(CFG, templates={**CFG.templates, "odd": "kind: Pod"}, default_templates=("odd",))
+    with pytest.raises(TemplateError, match="only metadata and spec"):
+        run(pod(), config=cfg)
+
+
+def test_refusal_happens_before_anything_is_rendered() -> None:
+    # A bad annotation and an unknown template: the annotation is reported (validation comes first).
+    with pytest.raises(AnnotationError):
+        run(pod({A.PROXY_CPU: "x", A.TEMPLATES: "nope"}))
+    assert issubclass(AnnotationError, Refused) and issubclass(TemplateError, Refused)
+
+
+@pytest.mark.parametrize(
+    ("mode", "annotation", "version", "native"),
+    [
+        ("auto", None, None, False),
+        ("auto", None, (1, 28), False),
+        ("auto", None, (1, 29), True),
+        ("auto", None, (1, 33), True),
+        ("true", None, None, True),
+        ("false", None, (1, 33), False),
+        ("false", "true", None, True),
+        ("true", "false", (1, 33), False),
+    ],
+)
+def test_native_sidecar_resolution(mode: str, annotation: str | None, version: Any, native: bool) -> None:
+    ann = {A.NATIVE_SIDECAR: annotation} if annotation else {}
+    r = run(pod(ann), native_sidecar=mode, kube_version=version)
+    assert r.native is native
+    inits = [c["name"] for c in r.pod["spec"]["initContainers"]]
+    containers = [c["name"] for c in r.pod["spec"]["containers"]]
+    assert ("istio-proxy" in inits) is native
+    assert ("istio-proxy" in containers) is not native
+
+
+def test_uninject_of_injected_pod_gives_back_the_original() -> None:
+    original = pod(
+        {A.TEMPLATES: "sidecar", "prometheus.io/port": "9100"},
+        initContainers=[{"name": "setup", "image": "busybox"}],
+    )
+    original["spec"]["containers"][0]["ports"] = [{"name": "http", "containerPort": 8080}]
+    original["spec"]["containers"][0]["readinessProbe"] = {"httpGet": {"path": "/r", "port": 8080}, "periodSeconds": 3}
+    injected = run(original).pod
+    assert injected["spec"]["containers"][0]["readinessProbe"]["httpGet"]["port"] == 15020
+    back = uninject(injected)
+    assert back["spec"] == original["spec"]
+    # The user's scrape port is back and ours are gone; labels and default-container stay (harmless, and
+    # re-injection sets them to the same values).
+    ann = back["metadata"]["annotations"]
+    assert ann["prometheus.io/port"] == "9100"
+    assert "prometheus.io/path" not in ann and "prometheus.io/scrape" not in ann
+    assert A.STATUS not in ann
+
+
+def test_uninject_leaves_plain_pods_alone() -> None:
+    p = pod()
+    assert uninject(p) == p
+
+
+def test_broken_status_annotation_is_refused() -> None:
+    with pytest.raises(AnnotationError, match=r"sidecar\.istio\.io/status"):
+        run(pod({A.STATUS: "not json"}))
+
+
+def test_patch_applies_to_the_original_and_leaves_it_untouched() -> None:
+    original = pod({A.TEMPLATES: "sidecar"})
+    original["metadata"]["managedFields"] = [{"manager": "kubectl", "operation": "Update"}]
+    before = copy.deepcopy(original)
+    r = run(original)
+    assert original == before
+    assert jsonpatch.apply_patch(original, r.patch) == r.pod
+    assert not any(op["path"].startswith("/metadata/managedFields") for op in r.patch)
+
+
+def test_reinjection_yields_an_empty_patch() -> None:
+    first = run(pod({A.TEMPLATES: "sidecar"})).pod
+    again = run(first)
+    assert again.pod == first
+    assert again.patch == []
+
+
+def test_proxy_env_from_the_webhook_path_wins() -> None:
+    r = run(pod({A.TEMPLATES: "sidecar"}), proxy_env={"ISTIO_META_CLUSTER_ID": "c2", "ISTIO_META_NETWORK": "n2"})
+    proxy = next(c for c in r.pod["spec"]["containers"] if c["name"] == "istio-proxy")
+    env = {e["name"]: e.get("value") for e in proxy["env"]}
+    assert env["ISTIO_META_CLUSTER_ID"] == "c2"
+    assert env["ISTIO_META_NETWORK"] == "n2"
+    assert r.pod["metadata"]["labels"]["topology.istio.io/network"] == "n2"
+
+
+def test_workload_of_controller_owned_pods() -> None:
+    def owned(kind: str, name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+        ref = {"kind": kind, "name": name, "apiVersion": "apps/v1", "controller": True, "uid": "u"}
+        return {"metadata": {"generateName": name + "-", "labels": labels or {}, "ownerReferences": [ref]}}
+
+    assert workload_of(owned("ReplicaSet", "web-7d4b9c", {"pod-template-hash": "7d4b9c"}), "ns") == Workload(
+        "web", "ns", "Deployment", "apps/v1"
+    )
+    assert workload_of(owned("ReplicaSet", "rs"), "ns") == Workload("rs", "ns", "ReplicaSet", "apps/v1")
+    assert workload_of(owned("StatefulSet", "db"), "ns") == Workload("db", "ns", "StatefulSet", "apps/v1")
+    assert workload_of(owned("Job", "nightly-29123456"), "ns").kind == "CronJob"
+    assert workload_of({"metadata": {"name": "solo"}}, "ns") == Workload("solo", "ns")
+    assert workload_of({"metadata": {"generateName": "gen-"}}, "ns").name == "gen"
+
+
+def test_canonical_names_fall_back_and_fit_a_label() -> None:
+    assert canonical_service({"app": "a", "version": "v1"}, "w") == ("a", "v1")
+    assert canonical_service({"app.kubernetes.io/name": "n", "app": "a"}, "w") == ("n", "latest")
+    name, _ = canonical_service({}, "x" * 62 + "-y" * 10)
+    assert len(name) <= 63 and name[-1].isalnum()
