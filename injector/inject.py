@@ -9,7 +9,6 @@ status metadata) and `make_patch` (a diff of before and after). Everything is pu
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import re
@@ -27,7 +26,7 @@ from .annotations import Settings, capture_args, read_settings
 from .config import InjectorConfig
 from .envoy_bootstrap import bootstrap as envoy_bootstrap
 from .errors import AnnotationError, TemplateError
-from .merge import strategic_merge
+from .merge import clone, merge_into
 
 Obj = dict[str, Any]
 
@@ -89,13 +88,12 @@ class Rendered:
 
 def inject(req: Request) -> Result:
     """The injected pod and the JSON Patch that turns ``req.pod`` into it; raises `Refused` subclasses."""
-    original = copy.deepcopy(dict(req.pod))
-    meta = original.setdefault("metadata", {})
-    settings = read_settings(meta.get("annotations") or {}, req.config.values)
+    annotations = (req.pod.get("metadata") or {}).get("annotations") or {}
+    settings = read_settings(annotations, req.config.values)
     names = select_templates(req.config, settings)
     native = native_sidecar(req, settings)
 
-    stripped = uninject(original)
+    stripped = _uninject_in_place(clone(dict(req.pod)))
     proxy_uid = _user_proxy_uid(stripped)
     rendered = render(req, names, stripped, settings, native, proxy_uid)
     injected_names = _container_names(rendered.docs)
@@ -104,8 +102,8 @@ def inject(req: Request) -> Result:
     pod = base
     template_pod: Obj = {}
     for doc in rendered.docs:
-        pod = strategic_merge(pod, doc)
-        template_pod = strategic_merge(template_pod, doc)
+        pod = merge_into(pod, doc)
+        template_pod = merge_into(template_pod, doc)
     pod = apply_overrides(pod, overrides)
     post_process(pod, template_pod, req, settings, rendered, native)
     return Result(pod=pod, patch=make_patch(req.pod, pod), templates=tuple(names), native=native)
@@ -141,7 +139,10 @@ def uninject(pod: Obj) -> Obj:
     ISTIO_KUBE_APP_PROBERS (the original probes) and ISTIO_PROMETHEUS_ANNOTATIONS (the user's scrape
     annotations), and proxy.istio.io/overrides (the user's own proxy containers).
     """
-    pod = copy.deepcopy(pod)
+    return _uninject_in_place(clone(pod))
+
+
+def _uninject_in_place(pod: Obj) -> Obj:
     meta = pod.setdefault("metadata", {})
     ann = meta.get("annotations") or {}
     if A.STATUS not in ann:
@@ -211,7 +212,7 @@ def apply_overrides(pod: Obj, overrides: list[tuple[str, Obj]]) -> Obj:
     recorded: dict[str, list[Obj]] = {}
     for user_list, c in overrides:
         recorded.setdefault(user_list, []).append(c)
-        overlay = copy.deepcopy(c)
+        overlay = clone(c)
         if overlay.get("image") == AUTO_IMAGE:
             del overlay["image"]
         # Native sidecars move istio-proxy to initContainers: the overlay follows the container.
@@ -223,7 +224,7 @@ def apply_overrides(pod: Obj, overrides: list[tuple[str, Obj]]) -> Obj:
             ),
             user_list,
         )
-        pod = strategic_merge(pod, {"spec": {target: [overlay]}})
+        pod = merge_into(pod, {"spec": {target: [overlay]}})
     pod["metadata"].setdefault("annotations", {})[A.OVERRIDES] = json.dumps(
         {k: recorded[k] for k in ("containers", "initContainers") if k in recorded},
         sort_keys=True,

@@ -48,14 +48,31 @@ def _merge_key(path: tuple[str, ...]) -> str | None:
     return None
 
 
+def clone(value: Any) -> Any:
+    """Deep copy of JSON-shaped data (dicts, lists, scalars): several times faster than `copy.deepcopy`,
+    which matters for pods with thousands of env vars."""
+    if type(value) is dict:
+        return {k: clone(v) for k, v in value.items()}
+    if type(value) is list:
+        return [clone(v) for v in value]
+    if isinstance(value, Mapping | list):
+        return copy.deepcopy(value)
+    return value
+
+
 def strategic_merge(base: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
     """``patch`` applied to a deep copy of ``base`` (both Pod-shaped); neither argument is modified."""
-    return _merge_map(copy.deepcopy(dict(base)), patch, ())
+    return merge_into(clone(dict(base)), patch)
+
+
+def merge_into(base: dict[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """`strategic_merge` that reuses ``base`` (the caller owns it); ``patch`` is still not modified."""
+    return _merge_map(base, patch, ())
 
 
 def _merge_map(base: dict[str, Any], patch: Mapping[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
     if patch.get(PATCH) == "replace":
-        return {k: copy.deepcopy(v) for k, v in patch.items() if k != PATCH}
+        return {k: clone(v) for k, v in patch.items() if k != PATCH}
     for key, value in patch.items():
         if key == PATCH:
             continue
@@ -76,7 +93,7 @@ def _merge_list(base: list[Any], patch: list[Any], path: tuple[str, ...]) -> lis
     key = _merge_key(path)
     if key is None:
         if path == ("metadata", "finalizers"):  # a set: union, keep order
-            return base + [copy.deepcopy(x) for x in patch if x not in base]
+            return base + [clone(x) for x in patch if x not in base]
         return [_strip_directives(x) for x in patch]
     # The path inside a keyed element: containers/initContainers elements are reached by name ("*").
     elem_path = (*path, "*")
