@@ -1,8 +1,7 @@
-"""``sidecar-injector``: kube-inject (offline injection of manifests). ``serve`` and ``certs`` come with the
-webhook issue; until then they are not offered rather than half-working.
+"""``sidecar-injector``: serve (the admission webhook) | kube-inject (offline injection of manifests).
 
-Exit codes: 0 injected (or nothing to inject), 1 a pod was refused (bad annotation, unknown template) or the
-input is not YAML, 2 bad flags or a broken config directory.
+Thin: parse flags, call the core. Heavy modules (FastAPI, uvicorn) are imported only by ``serve``.
+Exit codes: 0 done, 1 a pod was refused (kube-inject) or serving failed, 2 bad flags, config or certificate.
 """
 
 from __future__ import annotations
@@ -39,7 +38,48 @@ def parser() -> argparse.ArgumentParser:
         type=_kube_version,
         help="Kubernetes version of the target cluster, for --native-sidecar auto (unknown: legacy layout)",
     )
+    s = sub.add_parser("serve", help="serve the admission webhook over HTTPS")
+    s.add_argument("--port", type=int, default=9443)
+    s.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all)")
+    s.add_argument("--tls-cert-file", required=True, help="serving certificate (PEM); re-read when it changes")
+    s.add_argument("--tls-key-file", required=True, help="its private key (PEM); re-read when it changes")
+    s.add_argument("--config-dir", help="config.yaml / values.yaml / *.yaml.j2 (a mounted ConfigMap); watched")
+    s.add_argument("--revision", default="", help="control-plane revision recorded in sidecar.istio.io/status")
+    s.add_argument("--kube-version", type=_kube_version, help="API server version, for nativeSidecar auto")
+    s.add_argument("--reload-interval", type=float, default=1.0, help="seconds between checks of config and certs")
     return p
+
+
+def serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import ssl
+    from pathlib import Path
+
+    from .webhook import ServeOptions, configure_logging
+    from .webhook import serve as run_server
+
+    opts = ServeOptions(
+        port=args.port,
+        host=args.host,
+        cert_file=Path(args.tls_cert_file),
+        key_file=Path(args.tls_key_file),
+        config_dir=Path(args.config_dir) if args.config_dir else None,
+        revision=args.revision,
+        kube_version=args.kube_version,
+        reload_interval=args.reload_interval,
+    )
+    configure_logging()
+    try:
+        asyncio.run(run_server(opts))
+    except ConfigError as e:
+        print(f"sidecar-injector: config: {e}", file=sys.stderr)
+        return 2
+    except (OSError, ssl.SSLError) as e:
+        print(f"sidecar-injector: cannot load the serving certificate or listen: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+    return 0
 
 
 def kube_inject(args: argparse.Namespace) -> int:
@@ -72,6 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "kube-inject":
         return kube_inject(args)
+    if args.command == "serve":
+        return serve(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

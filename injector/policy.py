@@ -21,7 +21,8 @@ IGNORED_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease",
 @dataclass(frozen=True)
 class Decision:
     inject: bool
-    reason: str
+    reason: str  # for people: logs and messages
+    code: str  # for machines: a short, bounded label for metrics
     warnings: tuple[str, ...] = field(default=())
 
 
@@ -30,9 +31,9 @@ def decide(pod: Mapping[str, Any], namespace: str, config: InjectorConfig, polic
     meta = pod.get("metadata") or {}
     spec = pod.get("spec") or {}
     if spec.get("hostNetwork"):
-        return Decision(False, "hostNetwork")
+        return Decision(False, "hostNetwork", "host_network")
     if namespace in IGNORED_NAMESPACES:
-        return Decision(False, f"namespace {namespace} is never injected")
+        return Decision(False, f"namespace {namespace} is never injected", "system_namespace")
 
     labels: Mapping[str, str] = meta.get("labels") or {}
     annotations: Mapping[str, str] = meta.get("annotations") or {}
@@ -46,18 +47,18 @@ def decide(pod: Mapping[str, Any], namespace: str, config: InjectorConfig, polic
         if value in ("true", "false"):
             explicit = value == "true"
             if not explicit:
-                return Decision(False, f'{INJECT} {where} is "false"', tuple(warnings))
-            return Decision(True, f'{INJECT} {where} is "true"', tuple(warnings))
+                return Decision(False, f'{INJECT} {where} is "false"', where, tuple(warnings))
+            return Decision(True, f'{INJECT} {where} is "true"', where, tuple(warnings))
         warnings.append(f'{INJECT} {where} {value!r} is neither "true" nor "false"; ignored')
 
     for i, sel in enumerate(config.never_inject):
         if not sel.empty and sel.matches(labels):
-            return Decision(False, f"neverInjectSelector[{i}] matches", tuple(warnings))
+            return Decision(False, f"neverInjectSelector[{i}] matches", "never_selector", tuple(warnings))
     for i, sel in enumerate(config.always_inject):
         if not sel.empty and sel.matches(labels):
-            return Decision(True, f"alwaysInjectSelector[{i}] matches", tuple(warnings))
+            return Decision(True, f"alwaysInjectSelector[{i}] matches", "always_selector", tuple(warnings))
 
     policy = policy or config.policy
     if policy == "enabled":
-        return Decision(True, "policy enabled", tuple(warnings))
-    return Decision(False, "policy disabled and the pod does not opt in", tuple(warnings))
+        return Decision(True, "policy enabled", "policy", tuple(warnings))
+    return Decision(False, "policy disabled and the pod does not opt in", "policy", tuple(warnings))

@@ -1,0 +1,428 @@
+"""The admission webhook: FastAPI on uvicorn over TLS, around the pure `inject` core.
+
+`Webhook.handle` holds the whole HTTP contract (status codes, AdmissionReview answers, metrics, the log line)
+as a plain function of (body, content type, path), so it is tested without a server; the FastAPI routes only
+read the body and pass it on. Configuration and the serving certificate are re-read when their files change:
+`Reloader` keeps the last good version when a new one is broken and says so in logs, metrics and /readyz.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from fastapi import FastAPI
+from fastapi import Request as HttpRequest
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from .config import InjectorConfig, load_config
+from .errors import InjectorError, Refused
+from .inject import CLUSTER_ENV, NETWORK_ENV, Request, inject
+from .policy import decide
+from .review import BadReview, build_response, parse_review, salvage_identity
+
+log = logging.getLogger("sidecar_injector")
+
+MAX_BODY = 6 * 1024 * 1024  # the API server's own request limit is 3 MiB; anything bigger is not from it
+BODY_TIMEOUT = 10.0  # the MWC's timeoutSeconds: after that nobody is waiting for the answer
+URL_PARAMETER_ENV = {"cluster": CLUSTER_ENV, "net": NETWORK_ENV}
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5)
+
+T = TypeVar("T")
+
+
+# --- metrics --------------------------------------------------------------------------------------------------
+
+
+class Metrics:
+    """The webhook's Prometheus metrics, in a registry of their own (one per app, so tests do not collide)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("sidecar_injector_requests", "Admission requests received", registry=r)
+        self.injected = Counter("sidecar_injector_injections", "Pods injected", registry=r)
+        self.skipped = Counter("sidecar_injector_skipped", "Pods not injected, by reason", ["reason"], registry=r)
+        self.refused = Counter("sidecar_injector_refused", "Pods refused (bad annotation or template)", registry=r)
+        self.errors = Counter(
+            "sidecar_injector_errors", "Requests that could not be answered properly, by kind", ["kind"], registry=r
+        )
+        self.latency = Histogram(
+            "sidecar_injector_request_duration_seconds",
+            "Time to answer an admission request",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.reloads = Counter(
+            "sidecar_injector_reloads", "Config/certificate reloads, by what and result", ["what", "result"], registry=r
+        )
+        self.last_reload_ok = Gauge(
+            "sidecar_injector_last_reload_success", "1 if the last reload of <what> worked", ["what"], registry=r
+        )
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+# --- reloading ------------------------------------------------------------------------------------------------
+
+
+def fingerprint(paths: list[Path]) -> Hashable:
+    """What changes when a file or a directory's files change - also through ConfigMap ``..data`` symlink swaps."""
+    out: list[tuple[str, int, int, int]] = []
+    for p in paths:
+        files = sorted(p.iterdir()) if p.is_dir() else [p]
+        for f in files:
+            try:
+                st = f.stat()  # follows symlinks: a swapped ..data target changes inode/mtime
+            except OSError:
+                continue
+            if not f.is_dir():
+                out.append((str(f), st.st_ino, st.st_mtime_ns, st.st_size))
+    return tuple(out)
+
+
+@dataclass
+class Reloader(Generic[T]):
+    """Re-runs ``load`` when ``paths`` change and stay unchanged for ``debounce`` seconds; keeps the last good
+    value when ``load`` fails. Poll-driven (``poll(now)``) so it needs no inotify and is tested with a clock."""
+
+    what: str
+    paths: list[Path]
+    load: Callable[[], T]
+    metrics: Metrics
+    debounce: float = 0.5
+    retry_failures: bool = False  # certs: a key written just after its cert is worth retrying
+    value: T | None = None
+    last_error: str | None = None
+    _applied: Hashable = None
+    _pending: Hashable = None
+    _pending_since: float = 0.0
+    _counted_failure: Hashable = field(default=None, repr=False)
+
+    def initial(self) -> T:
+        """The first load; errors propagate (a server without a config or a certificate must not start)."""
+        self._applied = fingerprint(self.paths)
+        self.value = self.load()
+        self.metrics.last_reload_ok.labels(self.what).set(1)
+        return self.value
+
+    def poll(self, now: float) -> bool:
+        """Reload if due; True when a new value was installed."""
+        fp = fingerprint(self.paths)
+        if fp == self._applied:
+            self._pending = None
+            return False
+        if fp != self._pending:
+            self._pending, self._pending_since = fp, now
+            return False
+        if now - self._pending_since < self.debounce:
+            return False
+        try:
+            value = self.load()
+        except Exception as e:  # noqa: BLE001 - any failure keeps the last good value; the message says which
+            self.last_error = f"{type(e).__name__}: {e}"
+            if self._counted_failure != fp:
+                self._counted_failure = fp
+                self.metrics.reloads.labels(self.what, "failure").inc()
+                self.metrics.last_reload_ok.labels(self.what).set(0)
+                msg = f"{self.what} reload failed; keeping the last good one"
+                log.error(json.dumps({"msg": msg, "error": self.last_error}))
+            if not self.retry_failures:
+                self._applied = fp
+            return False
+        self.value, self._applied, self.last_error = value, fp, None
+        self.metrics.reloads.labels(self.what, "success").inc()
+        self.metrics.last_reload_ok.labels(self.what).set(1)
+        log.info(json.dumps({"msg": f"{self.what} reloaded"}))
+        return True
+
+
+# --- the webhook ----------------------------------------------------------------------------------------------
+
+
+def proxy_env_from_path(path: str) -> dict[str, str]:
+    """Istio's /inject/<key>/<value>/... convention: cluster and net have their env names, other keys are
+    upper-cased, ``--slash--`` stands for "/", and a trailing key without a value is ignored."""
+    parts = path.strip("/").split("/")  # empty values stay in place, as in Istio: /net//cluster/c2
+    if parts[:1] == ["inject"]:
+        parts = parts[1:]
+    env: dict[str, str] = {}
+    for i in range(0, len(parts) - 1, 2):
+        key, value = (s.replace("--slash--", "/") for s in parts[i : i + 2])
+        if value:
+            env[URL_PARAMETER_ENV.get(key, key.upper())] = value
+    return env
+
+
+@dataclass
+class Webhook:
+    config: Reloader[InjectorConfig]
+    metrics: Metrics
+    revision: str = ""
+    kube_version: tuple[int, int] | None = None
+    cert: Reloader[Any] | None = None
+    clock: Callable[[], float] = time.perf_counter
+
+    @property
+    def ready(self) -> tuple[bool, str]:
+        if self.config.value is None:
+            return False, "no config loaded"
+        if self.cert is not None and self.cert.value is None:
+            return False, "no serving certificate loaded"
+        reloaders = [r for r in (self.config, self.cert) if r is not None]
+        notes = [f"{r.what}: last reload failed ({r.last_error})" for r in reloaders if r.last_error]
+        return True, "; ".join(notes) or "ok"
+
+    def handle(self, body: bytes, content_type: str | None, path: str = "/inject") -> tuple[int, bytes]:
+        """The HTTP contract: (status, JSON body). Never raises; never answers 500."""
+        start = self.clock()
+        self.metrics.requests.inc()
+        entry: dict[str, Any] = {"uid": "", "namespace": "", "pod": "", "decision": "", "reason": ""}
+        try:
+            status, out = self._handle(body, content_type, path, entry)
+        except Exception as e:  # noqa: BLE001 - a bug must become an answer, not a 500 the API server retries
+            self.metrics.errors.labels("internal").inc()
+            api_version, uid = salvage_identity(body)
+            entry.update(decision="error", reason=f"internal error: {type(e).__name__}: {e}")
+            status, out = 200, dict(build_response(api_version, uid, allowed=False, message=entry["reason"]))
+        elapsed = self.clock() - start
+        self.metrics.latency.observe(elapsed)
+        entry["duration_ms"] = round(elapsed * 1000, 3)
+        log.info(json.dumps(entry))
+        return status, json.dumps(out, separators=(",", ":")).encode()
+
+    def _handle(self, body: bytes, content_type: str | None, path: str, entry: dict[str, Any]) -> tuple[int, Any]:
+        mime = (content_type or "").split(";")[0].strip().lower()
+        if mime != "application/json":
+            self.metrics.errors.labels("content_type").inc()
+            entry.update(decision="invalid", reason=f"Content-Type {content_type!r} is not application/json")
+            return 415, {"error": entry["reason"]}
+        if not body:
+            self.metrics.errors.labels("empty_body").inc()
+            entry.update(decision="invalid", reason="empty body")
+            return 400, {"error": "empty body"}
+        if len(body) > MAX_BODY:
+            self.metrics.errors.labels("body_too_large").inc()
+            entry.update(decision="invalid", reason=f"body larger than {MAX_BODY} bytes")
+            return 400, {"error": entry["reason"]}
+        try:
+            review = parse_review(body)
+        except BadReview as e:
+            self.metrics.errors.labels("bad_review").inc()
+            api_version, uid = salvage_identity(body)
+            entry.update(uid=uid, decision="invalid", reason=str(e))
+            return 200, build_response(api_version, uid, allowed=False, message=f"invalid AdmissionReview: {e}")
+        entry.update(uid=review.uid, namespace=review.namespace, pod=review.pod_name, dry_run=review.dry_run)
+
+        def answer(**kw: Any) -> tuple[int, Any]:
+            return 200, build_response(review.api_version, review.uid, **kw)
+
+        if review.kind != "Pod" or review.operation not in ("CREATE", "") or review.obj is None:
+            self.metrics.skipped.labels("not_pod_create").inc()
+            entry.update(decision="skipped", reason=f"not a Pod CREATE ({review.kind} {review.operation})")
+            return answer()
+        config = self.config.value
+        assert config is not None  # initial() ran before serving
+        decision = decide(review.obj, review.namespace, config)
+        warnings = list(decision.warnings)
+        if not decision.inject:
+            self.metrics.skipped.labels(decision.code).inc()
+            entry.update(decision="skipped", reason=decision.reason)
+            return answer(warnings=warnings)
+        req = Request(
+            pod=review.obj,
+            namespace=review.namespace,
+            config=config,
+            revision=self.revision,
+            kube_version=self.kube_version,
+            proxy_env=proxy_env_from_path(path),
+        )
+        try:
+            result = inject(req)
+        except Refused as e:
+            self.metrics.refused.inc()
+            entry.update(decision="refused", reason=str(e))
+            return answer(allowed=False, message=str(e), warnings=warnings)
+        except InjectorError as e:
+            self.metrics.errors.labels("injector").inc()
+            entry.update(decision="error", reason=str(e))
+            return answer(allowed=False, message=str(e), warnings=warnings)
+        self.metrics.injected.inc()
+        entry.update(decision="injected", reason=decision.reason, templates=",".join(result.templates))
+        entry["patch_ops"] = len(result.patch)
+        return answer(patch=result.patch, warnings=warnings)
+
+    async def watch(self, interval: float) -> None:
+        """Poll config and certificate files forever (cancelled at shutdown)."""
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            self.config.poll(now)
+            if self.cert is not None:
+                self.cert.poll(now)
+
+
+# --- FastAPI app ----------------------------------------------------------------------------------------------
+
+
+def create_app(webhook: Webhook) -> FastAPI:
+    app = FastAPI(title="sidecar-injector", docs_url=None, redoc_url=None, openapi_url=None)
+
+    async def read_body(request: HttpRequest) -> bytes | None:
+        """The body, or None when it is over the limit (stops reading as soon as it is)."""
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def review(request: HttpRequest) -> Response:
+        try:
+            body = await asyncio.wait_for(read_body(request), BODY_TIMEOUT)
+        except TimeoutError:
+            webhook.metrics.errors.labels("body_timeout").inc()
+            return JSONResponse({"error": f"body not received within {BODY_TIMEOUT:.0f}s"}, status_code=408)
+        if body is None:
+            body = b"x" * (MAX_BODY + 1)  # let handle() answer and count it like any oversized body
+        status, out = webhook.handle(body, request.headers.get("content-type"), request.url.path)
+        return Response(out, status_code=status, media_type="application/json")
+
+    app.add_api_route("/inject", review, methods=["POST"])
+    app.add_api_route("/inject/{params:path}", review, methods=["POST"])
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        ok, detail = webhook.ready
+        return JSONResponse({"ready": ok, "detail": detail}, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        data, ctype = webhook.metrics.render()
+        return Response(data, media_type=ctype)
+
+    return app
+
+
+# --- serving --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    port: int
+    cert_file: Path
+    key_file: Path
+    config_dir: Path | None
+    host: str = "0.0.0.0"
+    revision: str = ""
+    kube_version: tuple[int, int] | None = None
+    reload_interval: float = 1.0
+
+
+def tls_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
+    """Server context, TLS >= 1.2. Reloading later calls `load_pair` on this same object: new handshakes get the
+    new certificate, established connections keep theirs."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    load_pair(ctx, cert_file, key_file)
+    return ctx
+
+
+def load_pair(ctx: ssl.SSLContext, cert_file: Path, key_file: Path) -> ssl.SSLContext:
+    """Load a cert/key pair into ``ctx`` only if they match. Both files are read once and checked in a scratch
+    context first: loading a mismatched pair straight into the live context (a rotation caught between writing
+    the cert and the key) would leave it unable to complete any handshake."""
+    import tempfile
+
+    cert, key = cert_file.read_bytes(), key_file.read_bytes()
+    with tempfile.TemporaryDirectory(prefix="sidecar-injector-tls-") as d:
+        c, k = Path(d, "tls.crt"), Path(d, "tls.key")
+        c.write_bytes(cert)
+        k.touch(mode=0o600)
+        k.write_bytes(key)
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(str(c), str(k))  # raises on a mismatch
+        ctx.load_cert_chain(str(c), str(k))
+    return ctx
+
+
+def build(opts: ServeOptions) -> tuple[Webhook, ssl.SSLContext]:
+    """The webhook with its config and certificate loaded; raises on a bad config or certificate."""
+    metrics = Metrics()
+    config = Reloader(
+        "config",
+        [opts.config_dir] if opts.config_dir else [],
+        lambda: load_config(opts.config_dir),
+        metrics,
+    )
+    config.initial()
+    ctx = tls_context(opts.cert_file, opts.key_file)
+    cert: Reloader[ssl.SSLContext] = Reloader(
+        "certificate",
+        [opts.cert_file, opts.key_file],
+        lambda: load_pair(ctx, opts.cert_file, opts.key_file),
+        metrics,
+        retry_failures=True,
+    )
+    cert.initial()
+    return Webhook(config, metrics, opts.revision, opts.kube_version, cert), ctx
+
+
+def configure_logging() -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter('{"ts":"%(asctime)s","level":"%(levelname)s","log":%(message)s}'))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+async def serve(opts: ServeOptions) -> None:
+    """Serve until cancelled or signalled."""
+    import uvicorn
+
+    webhook, ctx = build(opts)
+    app = create_app(webhook)
+    config = uvicorn.Config(
+        app,
+        host=opts.host,
+        port=opts.port,
+        loop="uvloop" if _has("uvloop") else "asyncio",
+        http="httptools" if _has("httptools") else "h11",
+        log_config=None,
+        access_log=False,
+        timeout_keep_alive=30,
+        # uvicorn builds its own SSLContext from files; we swap in ours after load() so reloads reach it.
+        ssl_certfile=str(opts.cert_file),
+        ssl_keyfile=str(opts.key_file),
+    )
+    config.load()
+    config.ssl = ctx
+    server = uvicorn.Server(config)
+    watcher = asyncio.create_task(webhook.watch(opts.reload_interval))
+    try:
+        await server.serve()
+    finally:
+        watcher.cancel()
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
