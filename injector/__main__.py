@@ -47,6 +47,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--revision", default="", help="control-plane revision recorded in sidecar.istio.io/status")
     s.add_argument("--kube-version", type=_kube_version, help="API server version, for nativeSidecar auto")
     s.add_argument("--reload-interval", type=float, default=1.0, help="seconds between checks of config and certs")
+    s.add_argument("--request-timeout", type=float, default=10.0, help="seconds to wait for a request body")
     return p
 
 
@@ -67,6 +68,7 @@ def serve(args: argparse.Namespace) -> int:
         revision=args.revision,
         kube_version=args.kube_version,
         reload_interval=args.reload_interval,
+        body_timeout=args.request_timeout,
     )
     configure_logging()
     try:

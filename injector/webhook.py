@@ -32,7 +32,7 @@ from .review import BadReview, build_response, parse_review, salvage_identity
 log = logging.getLogger("sidecar_injector")
 
 MAX_BODY = 6 * 1024 * 1024  # the API server's own request limit is 3 MiB; anything bigger is not from it
-BODY_TIMEOUT = 10.0  # the MWC's timeoutSeconds: after that nobody is waiting for the answer
+BODY_TIMEOUT = 10.0  # the MWC's timeoutSeconds: after that nobody is waiting for the answer (--request-timeout)
 URL_PARAMETER_ENV = {"cluster": CLUSTER_ENV, "net": NETWORK_ENV}
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5)
 
@@ -274,7 +274,7 @@ class Webhook:
 # --- FastAPI app ----------------------------------------------------------------------------------------------
 
 
-def create_app(webhook: Webhook) -> FastAPI:
+def create_app(webhook: Webhook, body_timeout: float = BODY_TIMEOUT) -> FastAPI:
     app = FastAPI(title="sidecar-injector", docs_url=None, redoc_url=None, openapi_url=None)
 
     async def read_body(request: HttpRequest) -> bytes | None:
@@ -293,10 +293,10 @@ def create_app(webhook: Webhook) -> FastAPI:
 
     async def review(request: HttpRequest) -> Response:
         try:
-            body = await asyncio.wait_for(read_body(request), BODY_TIMEOUT)
+            body = await asyncio.wait_for(read_body(request), body_timeout)
         except TimeoutError:
             webhook.metrics.errors.labels("body_timeout").inc()
-            return JSONResponse({"error": f"body not received within {BODY_TIMEOUT:.0f}s"}, status_code=408)
+            return JSONResponse({"error": f"body not received within {body_timeout:g}s"}, status_code=408)
         if body is None:
             body = b"x" * (MAX_BODY + 1)  # let handle() answer and count it like any oversized body
         status, out = webhook.handle(body, request.headers.get("content-type"), request.url.path)
@@ -335,6 +335,7 @@ class ServeOptions:
     revision: str = ""
     kube_version: tuple[int, int] | None = None
     reload_interval: float = 1.0
+    body_timeout: float = BODY_TIMEOUT
 
 
 def tls_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
@@ -398,7 +399,7 @@ async def serve(opts: ServeOptions) -> None:
     import uvicorn
 
     webhook, ctx = build(opts)
-    app = create_app(webhook)
+    app = create_app(webhook, opts.body_timeout)
     config = uvicorn.Config(
         app,
         host=opts.host,
