@@ -1,4 +1,5 @@
-"""``sidecar-injector``: serve (the admission webhook) | kube-inject (offline injection of manifests).
+"""``sidecar-injector``: serve (the admission webhook) | kube-inject (offline injection) | certs (a CA and a
+serving certificate for the webhook's Service).
 
 Thin: parse flags, call the core. Heavy modules (FastAPI, uvicorn) are imported only by ``serve``.
 Exit codes: 0 done, 1 a pod was refused (kube-inject) or serving failed, 2 bad flags, config or certificate.
@@ -7,6 +8,7 @@ Exit codes: 0 done, 1 a pod was refused (kube-inject) or serving failed, 2 bad f
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -38,11 +40,22 @@ def parser() -> argparse.ArgumentParser:
         type=_kube_version,
         help="Kubernetes version of the target cluster, for --native-sidecar auto (unknown: legacy layout)",
     )
+    from . import certs
+
+    certs.add_parser(sub)
     s = sub.add_parser("serve", help="serve the admission webhook over HTTPS")
     s.add_argument("--port", type=int, default=9443)
     s.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all)")
-    s.add_argument("--tls-cert-file", required=True, help="serving certificate (PEM); re-read when it changes")
-    s.add_argument("--tls-key-file", required=True, help="its private key (PEM); re-read when it changes")
+    s.add_argument("--tls-cert-file", help="serving certificate (PEM); re-read when it changes")
+    s.add_argument("--tls-key-file", help="its private key (PEM); re-read when it changes")
+    m = s.add_argument_group("self-managed certificate (instead of --tls-*-file)")
+    m.add_argument("--cert-secret", help="Secret holding ca.crt/ca.key/tls.crt/tls.key; created when missing")
+    m.add_argument("--webhook-config", default="sidecar-injector", help="MutatingWebhookConfiguration to patch")
+    m.add_argument("--service", default="sidecar-injector", help="the webhook's Service (certificate names)")
+    m.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", "sidecar-injector"))
+    m.add_argument("--cert-dir", default="/tmp/certs", help="where the fetched certificate is written")
+    m.add_argument("--kube-api-server", help="API server URL (default: in-cluster); for tests and local runs")
+    m.add_argument("--cert-check-interval", type=float, default=3600.0, help="seconds between renewal checks")
     s.add_argument("--config-dir", help="config.yaml / values.yaml / *.yaml.j2 (a mounted ConfigMap); watched")
     s.add_argument("--revision", default="", help="control-plane revision recorded in sidecar.istio.io/status")
     s.add_argument("--kube-version", type=_kube_version, help="API server version, for nativeSidecar auto")
@@ -56,9 +69,29 @@ def serve(args: argparse.Namespace) -> int:
     import ssl
     from pathlib import Path
 
-    from .webhook import ServeOptions, configure_logging
+    from .kube import KubeError
+    from .webhook import SelfManaged, ServeOptions, configure_logging
     from .webhook import serve as run_server
 
+    self_managed = None
+    if args.cert_secret:
+        if args.tls_cert_file or args.tls_key_file:
+            print("sidecar-injector: give either --cert-secret or --tls-cert-file/--tls-key-file", file=sys.stderr)
+            return 2
+        cert_dir = Path(args.cert_dir)
+        args.tls_cert_file, args.tls_key_file = str(cert_dir / "tls.crt"), str(cert_dir / "tls.key")
+        self_managed = SelfManaged(
+            args.cert_secret,
+            args.webhook_config,
+            args.service,
+            args.namespace,
+            cert_dir,
+            args.kube_api_server,
+            args.cert_check_interval,
+        )
+    elif not (args.tls_cert_file and args.tls_key_file):
+        print("sidecar-injector: serve needs --tls-cert-file and --tls-key-file, or --cert-secret", file=sys.stderr)
+        return 2
     opts = ServeOptions(
         port=args.port,
         host=args.host,
@@ -69,6 +102,7 @@ def serve(args: argparse.Namespace) -> int:
         kube_version=args.kube_version,
         reload_interval=args.reload_interval,
         body_timeout=args.request_timeout,
+        self_managed=self_managed,
     )
     configure_logging()
     try:
@@ -79,6 +113,9 @@ def serve(args: argparse.Namespace) -> int:
     except (OSError, ssl.SSLError) as e:
         print(f"sidecar-injector: cannot load the serving certificate or listen: {e}", file=sys.stderr)
         return 2
+    except KubeError as e:
+        print(f"sidecar-injector: cannot obtain the serving certificate: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 0
     return 0
@@ -116,6 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return kube_inject(args)
     if args.command == "serve":
         return serve(args)
+    if args.command == "certs":
+        from . import certs
+
+        return certs.run(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import ssl
 import time
 from collections.abc import Callable, Hashable
@@ -326,6 +327,74 @@ def create_app(webhook: Webhook, body_timeout: float = BODY_TIMEOUT) -> FastAPI:
 
 
 @dataclass(frozen=True)
+class SelfManaged:
+    """Where the serving certificate comes from when no files are given: a Secret this webhook creates and
+    renews, and the MutatingWebhookConfiguration whose caBundle it keeps in step."""
+
+    secret: str
+    webhook_config: str
+    service: str
+    namespace: str
+    cert_dir: Path
+    api_server: str | None = None  # None: in-cluster ServiceAccount
+    check_interval: float = 3600.0
+
+
+class CertKeeper:
+    """Fetches (or creates) the serving certificate through the Kubernetes API and writes it where the
+    certificate `Reloader` watches, so renewals reach new connections like any other rotation."""
+
+    def __init__(self, opts: SelfManaged) -> None:
+        from .kube import ClientKubeApi
+
+        self.opts = opts
+        self.api = ClientKubeApi(host=opts.api_server)
+        self.cert_file = opts.cert_dir / "tls.crt"
+        self.key_file = opts.cert_dir / "tls.key"
+
+    def refresh(self) -> bool:
+        """Ensure the Secret and caBundle are current; True when new files were written."""
+        from datetime import UTC, datetime
+
+        from .kube import ensure_serving_cert
+
+        o = self.opts
+        bundle = ensure_serving_cert(
+            self.api,
+            namespace=o.namespace,
+            secret_name=o.secret,
+            service=o.service,
+            mwc_name=o.webhook_config,
+            now=datetime.now(UTC),
+        )
+        if self.cert_file.exists() and self.cert_file.read_bytes() == bundle.cert_pem:
+            return False
+        o.cert_dir.mkdir(parents=True, exist_ok=True)
+        _write_private(o.cert_dir / "ca.crt", bundle.ca_pem, 0o644)
+        _write_private(self.key_file, bundle.key_pem, 0o600)  # key first: the reloader retries a mismatch
+        _write_private(self.cert_file, bundle.cert_pem, 0o644)
+        log.info(json.dumps({"msg": "serving certificate written", "dir": str(o.cert_dir)}))
+        return True
+
+    async def keep(self, metrics: Metrics) -> None:
+        while True:
+            await asyncio.sleep(self.opts.check_interval)
+            try:
+                await asyncio.to_thread(self.refresh)
+            except Exception as e:  # noqa: BLE001 - keep serving the current certificate; try again later
+                metrics.errors.labels("cert_refresh").inc()
+                log.error(json.dumps({"msg": "certificate refresh failed", "error": f"{type(e).__name__}: {e}"}))
+
+
+def _write_private(path: Path, data: bytes, mode: int) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
 class ServeOptions:
     port: int
     cert_file: Path
@@ -336,6 +405,7 @@ class ServeOptions:
     kube_version: tuple[int, int] | None = None
     reload_interval: float = 1.0
     body_timeout: float = BODY_TIMEOUT
+    self_managed: SelfManaged | None = None
 
 
 def tls_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
@@ -398,6 +468,10 @@ async def serve(opts: ServeOptions) -> None:
     """Serve until cancelled or signalled."""
     import uvicorn
 
+    keeper = None
+    if opts.self_managed is not None:
+        keeper = CertKeeper(opts.self_managed)
+        keeper.refresh()  # before serving: a replica without a certificate must not become ready
     webhook, ctx = build(opts)
     app = create_app(webhook, opts.body_timeout)
     config = uvicorn.Config(
@@ -416,11 +490,14 @@ async def serve(opts: ServeOptions) -> None:
     config.load()
     config.ssl = ctx
     server = uvicorn.Server(config)
-    watcher = asyncio.create_task(webhook.watch(opts.reload_interval))
+    tasks = [asyncio.create_task(webhook.watch(opts.reload_interval))]
+    if keeper is not None:
+        tasks.append(asyncio.create_task(keeper.keep(webhook.metrics)))
     try:
         await server.serve()
     finally:
-        watcher.cancel()
+        for t in tasks:
+            t.cancel()
 
 
 def _has(module: str) -> bool:

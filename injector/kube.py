@@ -1,0 +1,444 @@
+"""The injector's only conversation with the Kubernetes API: keep the webhook's serving certificate in a Secret and
+the MutatingWebhookConfiguration's ``caBundle`` in step with it.
+
+``KubeApi`` is the seam (like httpx's transports): :func:`ensure_serving_cert` talks only to it, and
+:class:`ClientKubeApi` is the one implementation on the official ``kubernetes`` client, imported lazily because it
+costs a second or more to import and only ``serve`` needs it. The decisions (create, keep, renew, rotate the CA,
+patch the caBundle) are small pure functions so they can be table-tested without any server.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from . import certs
+
+if TYPE_CHECKING:
+    from kubernetes.client import ApiException, V1MutatingWebhookConfiguration, V1Secret
+
+log = logging.getLogger(__name__)
+
+CA_CERT, CA_KEY, TLS_CERT, TLS_KEY = "ca.crt", "ca.key", "tls.crt", "tls.key"
+SECRET_KEYS = (CA_CERT, CA_KEY, TLS_CERT, TLS_KEY)
+SECRET_LABELS = {"app.kubernetes.io/name": "sidecar-injector", "app.kubernetes.io/managed-by": "sidecar-injector"}
+# Optimistic-concurrency retries when another replica writes the Secret between our read and our write.
+MAX_ATTEMPTS = 3
+
+T = TypeVar("T")
+# The client sends POST/PUT bodies without a Content-Type (the spec lists none); servers default to JSON, but a
+# proxy in front of the API server need not, so say it.
+_JSON = {"Content-Type": "application/json"}
+
+
+class KubeError(Exception):
+    """Base of the errors raised when talking to the Kubernetes API."""
+
+
+class ApiError(KubeError):
+    """The API server answered with an error; carries the parsed ``Status`` so callers branch on ``status``."""
+
+    def __init__(self, status: int, reason: str, message: str, details: Mapping[str, Any] | None = None) -> None:
+        self.status, self.reason, self.message = status, reason, message
+        self.details: Mapping[str, Any] = details or {}
+        super().__init__(f"{status} {reason}: {message}")
+
+    @classmethod
+    def from_response(cls, status: int, http_reason: str | None, body: str | bytes | None) -> ApiError:
+        """Parse a ``Status`` body; a proxy or load balancer may answer with HTML, so fall back to the raw text."""
+        text = body.decode("utf-8", "replace") if isinstance(body, bytes) else (body or "")
+        try:
+            doc = json.loads(text) if text else None
+        except ValueError:
+            doc = None
+        if isinstance(doc, dict) and doc.get("kind") == "Status":
+            details = doc.get("details")
+            code = doc.get("code")
+            return cls(
+                code if isinstance(code, int) and code else status,
+                str(doc.get("reason") or http_reason or ""),
+                str(doc.get("message") or http_reason or ""),
+                details if isinstance(details, dict) else None,
+            )
+        return cls(status, http_reason or "", text.strip()[:500] or http_reason or "")
+
+
+class KubeUnreachable(KubeError):
+    """No answer from the API server at all (connection refused, TLS failure, timeout)."""
+
+
+class KubeApi(Protocol):
+    """The few API calls the injector needs; Secret values are raw bytes (the base64 of the wire is not seen here)."""
+
+    def get_secret(self, namespace: str, name: str) -> dict[str, bytes] | None: ...
+
+    def create_secret(self, namespace: str, name: str, data: dict[str, bytes], labels: dict[str, str]) -> None: ...
+
+    def replace_secret(self, namespace: str, name: str, data: dict[str, bytes]) -> None: ...
+
+    def get_webhook_ca_bundles(self, mwc_name: str) -> dict[str, bytes]: ...
+
+    def patch_webhook_ca_bundle(self, mwc_name: str, ca_pem: bytes) -> None: ...
+
+
+# --- the official client ----------------------------------------------------------------------------------------
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(value: str | bytes | None) -> bytes:
+    if not value:
+        return b""
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise ValueError(f"not base64: {e}") from e
+
+
+@dataclass(frozen=True)
+class _Target:
+    """What a call touches, so that a 403 can name the exact RBAC rule that is missing."""
+
+    verb: str
+    resource: str
+    group: str
+    name: str
+    namespace: str | None = None
+
+    def rbac_hint(self) -> str:
+        where = f"in namespace {self.namespace!r}" if self.namespace else "(cluster-scoped, needs a ClusterRole)"
+        return (
+            f"missing RBAC permission: verb {self.verb!r} on resource {self.resource!r} "
+            f"(apiGroups: [{self.group!r}]) name {self.name!r} {where}"
+        )
+
+
+class ClientKubeApi:
+    """:class:`KubeApi` on the official client. ``host=None`` means in-cluster (ServiceAccount token and CA)."""
+
+    def __init__(
+        self, host: str | None = None, token: str | None = None, verify: bool | str = True, timeout: float = 10.0
+    ) -> None:
+        from kubernetes import client, config
+
+        cfg = client.Configuration()
+        if host is None:
+            config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+        else:
+            cfg.host = host.rstrip("/")
+        if token is not None:
+            cfg.refresh_api_key_hook = None  # the in-cluster hook would put the projected token back
+            cfg.api_key = {"BearerToken": token}
+            cfg.api_key_prefix = {"BearerToken": "Bearer"}
+        if verify is False:
+            cfg.verify_ssl = False
+        elif isinstance(verify, str):
+            cfg.ssl_ca_cert = verify
+        self._timeout = timeout
+        self._client = client.ApiClient(cfg)
+        self._core = client.CoreV1Api(self._client)
+        self._admission = client.AdmissionregistrationV1Api(self._client)
+
+    def close(self) -> None:
+        self._client.close()  # type: ignore[no-untyped-call]
+
+    def __enter__(self) -> ClientKubeApi:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, target: _Target, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run one client call, turning the client's exceptions into ours (the client's carry the raw body)."""
+        from kubernetes.client import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            return fn(*args, _request_timeout=self._timeout, **kwargs)
+        except ApiException as e:
+            raise _api_error(e, target) from e
+        except HTTPError as e:
+            raise KubeUnreachable(f"{target.verb} {target.resource} {target.name!r}: {e}") from e
+
+    def _secret_target(self, verb: str, namespace: str, name: str) -> _Target:
+        return _Target(verb, "secrets", "", name, namespace)
+
+    def _read_secret(self, namespace: str, name: str) -> V1Secret:
+        return self._call(
+            self._secret_target("get", namespace, name), self._core.read_namespaced_secret, name, namespace
+        )
+
+    def get_secret(self, namespace: str, name: str) -> dict[str, bytes] | None:
+        try:
+            secret = self._read_secret(namespace, name)
+        except ApiError as e:
+            if e.status == 404:
+                return None
+            raise
+        try:
+            return {k: _unb64(v) for k, v in (secret.data or {}).items()}
+        except ValueError as e:
+            raise ApiError(500, "InternalError", f"secret {namespace}/{name} has undecodable data: {e}") from e
+
+    def create_secret(self, namespace: str, name: str, data: dict[str, bytes], labels: dict[str, str]) -> None:
+        from kubernetes import client
+
+        body = client.V1Secret(
+            api_version="v1",
+            kind="Secret",
+            type="kubernetes.io/tls",
+            metadata=client.V1ObjectMeta(name=name, namespace=namespace, labels=dict(labels)),
+            data={k: _b64(v) for k, v in data.items()},
+        )
+        self._call(
+            self._secret_target("create", namespace, name),
+            self._core.create_namespaced_secret,
+            namespace,
+            body,
+            _headers=_JSON,
+        )
+
+    def replace_secret(self, namespace: str, name: str, data: dict[str, bytes]) -> None:
+        """PUT with the resourceVersion just read: a concurrent writer makes this a 409, never a lost update, and
+        labels, annotations and owners set by others survive."""
+        from kubernetes import client
+
+        current = self._read_secret(namespace, name)
+        meta = current.metadata or client.V1ObjectMeta()
+        body = client.V1Secret(
+            api_version="v1",
+            kind="Secret",
+            type=current.type,
+            metadata=client.V1ObjectMeta(
+                name=name,
+                namespace=namespace,
+                labels=meta.labels,
+                annotations=meta.annotations,
+                owner_references=meta.owner_references,
+                finalizers=meta.finalizers,
+                resource_version=meta.resource_version,
+            ),
+            data={k: _b64(v) for k, v in data.items()},
+        )
+        self._call(
+            self._secret_target("update", namespace, name),
+            self._core.replace_namespaced_secret,
+            name,
+            namespace,
+            body,
+            _headers=_JSON,
+        )
+
+    def _read_mwc(self, mwc_name: str) -> V1MutatingWebhookConfiguration:
+        target = _Target("get", "mutatingwebhookconfigurations", "admissionregistration.k8s.io", mwc_name)
+        return self._call(target, self._admission.read_mutating_webhook_configuration, mwc_name)
+
+    def get_webhook_ca_bundles(self, mwc_name: str) -> dict[str, bytes]:
+        mwc = self._read_mwc(mwc_name)
+        try:
+            return {w.name: _unb64(w.client_config.ca_bundle) for w in mwc.webhooks or []}
+        except ValueError as e:
+            raise ApiError(500, "InternalError", f"{mwc_name}: caBundle is not base64: {e}") from e
+
+    def patch_webhook_ca_bundle(self, mwc_name: str, ca_pem: bytes) -> None:
+        """One JSON Patch for all webhooks; each ``add`` is guarded by a ``test`` of the webhook's name so that a
+        concurrent edit that reorders the list fails the patch (422) instead of writing into the wrong webhook."""
+        mwc = self._read_mwc(mwc_name)
+        ops = ca_bundle_patch([w.name for w in mwc.webhooks or []], ca_pem)
+        if not ops:
+            return
+        target = _Target("patch", "mutatingwebhookconfigurations", "admissionregistration.k8s.io", mwc_name)
+        # A list body makes the client send application/json-patch+json (a dict would become a strategic merge).
+        self._call(target, self._admission.patch_mutating_webhook_configuration, mwc_name, ops)
+
+
+def _api_error(e: ApiException, target: _Target) -> ApiError:
+    err = ApiError.from_response(int(e.status or 0), e.reason, e.body)
+    if err.status == 403:
+        return ApiError(
+            err.status, err.reason, f"{target.rbac_hint()}; the API server said: {err.message}", err.details
+        )
+    return err
+
+
+def ca_bundle_patch(webhook_names: Sequence[str], ca_pem: bytes) -> list[dict[str, str]]:
+    """JSON Patch setting caBundle on every webhook. ``add``, not ``replace``: a freshly applied manifest has no
+    caBundle at all and RFC 6902 ``replace`` fails on a missing member, while ``add`` sets or overwrites it."""
+    value = _b64(ca_pem)
+    ops: list[dict[str, str]] = []
+    for i, name in enumerate(webhook_names):
+        ops.append({"op": "test", "path": f"/webhooks/{i}/name", "value": name})
+        ops.append({"op": "add", "path": f"/webhooks/{i}/clientConfig/caBundle", "value": value})
+    return ops
+
+
+# --- decisions (pure) -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CertBundle:
+    """What the webhook serves with (cert, key) and what the API server must trust (ca)."""
+
+    ca_pem: bytes
+    cert_pem: bytes
+    key_pem: bytes
+
+
+class Action(enum.Enum):
+    KEEP = "keep"  # the Secret is valid: use it as is
+    CREATE = "create"  # no Secret: new CA and serving cert, create it
+    RENEW = "renew"  # serving cert expiring or broken, CA fine: new serving cert from the same CA
+    ROTATE_CA = "rotate-ca"  # CA expiring or broken: new CA and serving cert, caBundle must follow
+
+
+@dataclass(frozen=True)
+class Plan:
+    action: Action
+    reason: str
+
+
+def plan_secret(
+    data: Mapping[str, bytes] | None, *, now: datetime, renew_before: timedelta, sans: Sequence[str]
+) -> Plan:
+    """Decide what to do with the Secret's current content. Renewing the serving cert keeps the CA so the caBundle
+    (and every API server's trust) stays unchanged; the CA is replaced only when it is itself unusable."""
+    if data is None:
+        return Plan(Action.CREATE, "secret does not exist")
+    ca_pem, ca_key = data.get(CA_CERT, b""), data.get(CA_KEY, b"")
+    if not ca_pem or not ca_key:
+        return Plan(Action.ROTATE_CA, f"secret lacks {CA_CERT if not ca_pem else CA_KEY}")
+    try:
+        if not certs.is_ca(ca_pem):
+            return Plan(Action.ROTATE_CA, f"{CA_CERT} is not a CA certificate")
+        if not certs.matches_key(ca_pem, ca_key):
+            return Plan(Action.ROTATE_CA, f"{CA_KEY} does not match {CA_CERT}")
+        if certs.needs_renewal(ca_pem, now, renew_before):
+            return Plan(Action.ROTATE_CA, f"CA expires {certs.not_after(ca_pem).isoformat()}")
+    except ValueError as e:
+        return Plan(Action.ROTATE_CA, f"CA unreadable: {e}")
+    cert_pem, key_pem = data.get(TLS_CERT, b""), data.get(TLS_KEY, b"")
+    if not cert_pem or not key_pem:
+        return Plan(Action.RENEW, f"secret lacks {TLS_CERT if not cert_pem else TLS_KEY}")
+    try:
+        if not certs.matches_key(cert_pem, key_pem):
+            return Plan(Action.RENEW, f"{TLS_KEY} does not match {TLS_CERT}")
+        if not certs.signed_by(cert_pem, ca_pem):
+            return Plan(Action.RENEW, f"{TLS_CERT} is not signed by {CA_CERT}")
+        if certs.needs_renewal(cert_pem, now, renew_before):
+            return Plan(Action.RENEW, f"serving certificate expires {certs.not_after(cert_pem).isoformat()}")
+        missing = sorted(set(sans) - set(certs.subject_alt_names(cert_pem)))
+        if missing:
+            return Plan(Action.RENEW, f"serving certificate lacks SANs {', '.join(missing)}")
+    except ValueError as e:
+        return Plan(Action.RENEW, f"serving certificate unreadable: {e}")
+    return Plan(Action.KEEP, "valid")
+
+
+def issue(
+    plan: Plan,
+    data: Mapping[str, bytes] | None,
+    *,
+    service: str,
+    namespace: str,
+    now: datetime,
+    extra_sans: Sequence[str] = (),
+    cluster_domain: str = certs.DEFAULT_CLUSTER_DOMAIN,
+    cert_days: int = 365,
+    ca_days: int = 3650,
+) -> dict[str, bytes]:
+    """The Secret content after carrying out ``plan`` (no I/O): reuse what it keeps, mint what it replaces."""
+    if plan.action is Action.KEEP:
+        assert data is not None
+        return {k: data[k] for k in SECRET_KEYS}
+    if plan.action is Action.RENEW:
+        assert data is not None
+        ca = certs.KeyPair(data[CA_CERT], data[CA_KEY])
+    else:
+        ca = certs.make_ca(days=ca_days, now=now)
+    serving = certs.make_serving_cert(
+        ca, service, namespace, days=cert_days, cluster_domain=cluster_domain, extra_sans=extra_sans, now=now
+    )
+    return {CA_CERT: ca.cert_pem, CA_KEY: ca.key_pem, TLS_CERT: serving.cert_pem, TLS_KEY: serving.key_pem}
+
+
+def bundle_from_secret(data: Mapping[str, bytes]) -> CertBundle:
+    return CertBundle(data[CA_CERT], data[TLS_CERT], data[TLS_KEY])
+
+
+def stale_webhooks(bundles: Mapping[str, bytes], ca_pem: bytes) -> list[str]:
+    """Webhooks whose caBundle is not exactly our CA; patching only when this is non-empty keeps restarts write-free."""
+    return [name for name, bundle in bundles.items() if bundle != ca_pem]
+
+
+# --- orchestration ----------------------------------------------------------------------------------------------
+
+
+def ensure_serving_cert(
+    api: KubeApi,
+    *,
+    namespace: str,
+    secret_name: str,
+    service: str,
+    mwc_name: str,
+    now: datetime,
+    renew_before: timedelta = timedelta(days=30),
+    extra_sans: Sequence[str] = (),
+    cluster_domain: str = certs.DEFAULT_CLUSTER_DOMAIN,
+    cert_days: int = 365,
+    ca_days: int = 3650,
+) -> CertBundle:
+    """Make the Secret hold a valid CA and serving cert and the webhook trust that CA; safe to run from every replica
+    at once. Writes happen only when something is missing or expiring: a restart with a good Secret is read-only."""
+    for what, days in (("cert_days", cert_days), ("ca_days", ca_days)):
+        if timedelta(days=days) <= renew_before:
+            # Every fresh certificate would already be due, and every start would rewrite the Secret.
+            raise ValueError(f"{what}={days} must be longer than renew_before={renew_before}")
+    sans = certs.expected_sans(service, namespace, cluster_domain, extra_sans)
+    bundle: CertBundle | None = None
+    for _ in range(MAX_ATTEMPTS):
+        data = api.get_secret(namespace, secret_name)
+        plan = plan_secret(data, now=now, renew_before=renew_before, sans=sans)
+        content = issue(
+            plan,
+            data,
+            service=service,
+            namespace=namespace,
+            now=now,
+            extra_sans=extra_sans,
+            cluster_domain=cluster_domain,
+            cert_days=cert_days,
+            ca_days=ca_days,
+        )
+        if plan.action is not Action.KEEP:
+            log.info("secret %s/%s: %s (%s)", namespace, secret_name, plan.action.value, plan.reason)
+            try:
+                if plan.action is Action.CREATE:
+                    api.create_secret(namespace, secret_name, content, dict(SECRET_LABELS))
+                else:
+                    api.replace_secret(namespace, secret_name, content)
+            except ApiError as e:
+                if e.status != 409:
+                    raise
+                log.info("secret %s/%s was written concurrently (%s); re-reading", namespace, secret_name, e.reason)
+                continue
+        bundle = bundle_from_secret(content)
+        break
+    if bundle is None:
+        raise ApiError(409, "Conflict", f"secret {namespace}/{secret_name} kept changing; gave up after {MAX_ATTEMPTS}")
+    bundles = api.get_webhook_ca_bundles(mwc_name)
+    if not bundles:
+        log.warning("mutatingwebhookconfiguration %s has no webhooks; nothing will call the injector", mwc_name)
+    stale = stale_webhooks(bundles, bundle.ca_pem)
+    if stale:
+        log.info("mutatingwebhookconfiguration %s: caBundle updated on %s", mwc_name, ", ".join(stale))
+        api.patch_webhook_ca_bundle(mwc_name, bundle.ca_pem)
+    return bundle

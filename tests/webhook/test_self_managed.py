@@ -1,0 +1,126 @@
+"""`serve --cert-secret`: the webhook gets its certificate through the (fake) Kubernetes API, patches the
+caBundle, serves with it, and picks up a renewal made by another replica."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from injector import certs
+from tests.kube_server import FakeKube, running
+
+from .conftest import _free_port
+
+NS, SECRET, MWC = "sidecar-injector", "sidecar-injector-tls", "sidecar-injector"
+HOSTNAME = "sidecar-injector.sidecar-injector.svc"
+
+
+@pytest.fixture
+def kube() -> Iterator[FakeKube]:
+    with running() as fake:
+        fake.add_mwc(MWC, ["namespace.sidecar-injector.io", "object.sidecar-injector.io"])
+        yield fake
+
+
+def start(kube: FakeKube, tmp_path: Path, name: str) -> tuple[subprocess.Popen[bytes], int, Path]:
+    port = _free_port()
+    log = tmp_path / f"{name}.log"
+    cmd = [
+        str(Path(sys.executable).parent / "sidecar-injector"),
+        "serve",
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--cert-secret", SECRET,
+        "--namespace", NS,
+        "--cert-dir", str(tmp_path / name),
+        "--kube-api-server", kube.url,
+        "--reload-interval", "0.1",
+        "--cert-check-interval", "0.3",
+    ]  # fmt: skip
+    with log.open("wb") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+    return proc, port, log
+
+
+def served_cert(port: int, ca_pem: bytes) -> bytes | None:
+    """The certificate the server presents, verified against ``ca_pem`` for the Service's DNS name."""
+    ctx = ssl.create_default_context(cadata=ca_pem.decode())
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            with ctx.wrap_socket(s, server_hostname=HOSTNAME) as tls:
+                der = tls.getpeercert(binary_form=True)
+                return ssl.DER_cert_to_PEM_cert(der).encode() if der else None
+    except OSError:
+        return None
+
+
+def wait_for(fn: object, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if fn():  # type: ignore[operator]
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not reached")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def test_creates_secret_patches_ca_bundle_and_serves(kube: FakeKube, tmp_path: Path) -> None:
+    proc, port, log = start(kube, tmp_path, "a")
+    try:
+        wait_for(lambda: (NS, SECRET) in kube.secrets and proc.poll() is None)
+        data = kube.secret_data(NS, SECRET)
+        wait_for(lambda: served_cert(port, data["ca.crt"]) is not None)
+        assert served_cert(port, data["ca.crt"]) == data["tls.crt"]
+        assert set(kube.ca_bundles(MWC).values()) == {data["ca.crt"]}
+        # A second replica uses the same Secret and writes nothing.
+        writes = len(kube.writes())
+        proc2, port2, _ = start(kube, tmp_path, "b")
+        try:
+            wait_for(lambda: served_cert(port2, data["ca.crt"]) is not None)
+            assert served_cert(port2, data["ca.crt"]) == data["tls.crt"]
+            assert len(kube.writes()) == writes
+        finally:
+            stop(proc2)
+    finally:
+        stop(proc)
+    # uvicorn shuts down gracefully, then re-raises the SIGTERM it captured.
+    assert proc.returncode in (0, -15), log.read_text()
+    assert "Traceback" not in log.read_text()
+
+
+def test_picks_up_a_renewed_certificate(kube: FakeKube, tmp_path: Path) -> None:
+    proc, port, log = start(kube, tmp_path, "a")
+    try:
+        wait_for(lambda: (NS, SECRET) in kube.secrets)
+        data = kube.secret_data(NS, SECRET)
+        wait_for(lambda: served_cert(port, data["ca.crt"]) == data["tls.crt"])
+        ca = certs.KeyPair(data["ca.crt"], data["ca.key"])
+        renewed = certs.make_serving_cert(ca, "sidecar-injector", NS, now=datetime.now(UTC))
+        kube.put_secret(NS, SECRET, {**data, "tls.crt": renewed.cert_pem, "tls.key": renewed.key_pem})
+        wait_for(lambda: served_cert(port, data["ca.crt"]) == renewed.cert_pem)
+    finally:
+        stop(proc)
+    assert "serving certificate written" in log.read_text()
+
+
+def test_forbidden_is_a_clear_startup_error(kube: FakeKube, tmp_path: Path) -> None:
+    kube.forbidden.add(("GET", f"/api/v1/namespaces/{NS}/secrets/{SECRET}"))
+    proc, _, log = start(kube, tmp_path, "a")
+    assert proc.wait(timeout=20) == 1
+    text = log.read_text()
+    assert "cannot obtain the serving certificate" in text and "missing RBAC permission" in text
