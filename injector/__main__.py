@@ -103,6 +103,7 @@ def serve(args: argparse.Namespace) -> int:
         reload_interval=args.reload_interval,
         body_timeout=args.request_timeout,
         self_managed=self_managed,
+        discover_kube_version=self_managed is not None or "KUBERNETES_SERVICE_HOST" in os.environ,
     )
     configure_logging()
     try:

@@ -14,6 +14,7 @@ import binascii
 import enum
 import json
 import logging
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -150,6 +151,13 @@ class ClientKubeApi:
 
     def close(self) -> None:
         self._client.close()  # type: ignore[no-untyped-call]
+
+    def server_version(self) -> tuple[int, int]:
+        """(major, minor) of the API server, for nativeSidecar ``auto``; managed clusters say e.g. minor "31+"."""
+        from kubernetes import client
+
+        info = self._call(_Target("get", "/version", "", "", None), client.VersionApi(self._client).get_code)
+        return int(re.sub(r"\D", "", info.major)), int(re.sub(r"\D", "", info.minor))
 
     def __enter__(self) -> ClientKubeApi:
         return self

@@ -9,6 +9,7 @@ read the body and pass it on. Configuration and the serving certificate are re-r
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -406,6 +407,8 @@ class ServeOptions:
     reload_interval: float = 1.0
     body_timeout: float = BODY_TIMEOUT
     self_managed: SelfManaged | None = None
+    # Ask the API server its version (for nativeSidecar auto) when kube_version is not given.
+    discover_kube_version: bool = False
 
 
 def tls_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
@@ -432,6 +435,20 @@ def load_pair(ctx: ssl.SSLContext, cert_file: Path, key_file: Path) -> ssl.SSLCo
         ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(str(c), str(k))  # raises on a mismatch
         ctx.load_cert_chain(str(c), str(k))
     return ctx
+
+
+def discover_kube_version(api_server: str | None) -> tuple[int, int] | None:
+    """The API server's version, or None (logged) when it cannot be read: auto then means legacy sidecars."""
+    from .kube import ClientKubeApi, KubeError
+
+    try:
+        with ClientKubeApi(host=api_server) as api:
+            version = api.server_version()
+    except (KubeError, OSError, ValueError) as e:
+        log.warning(json.dumps({"msg": "Kubernetes version unknown; nativeSidecar auto means legacy", "error": str(e)}))
+        return None
+    log.info(json.dumps({"msg": "Kubernetes version discovered", "version": f"{version[0]}.{version[1]}"}))
+    return version
 
 
 def build(opts: ServeOptions) -> tuple[Webhook, ssl.SSLContext]:
@@ -472,6 +489,9 @@ async def serve(opts: ServeOptions) -> None:
     if opts.self_managed is not None:
         keeper = CertKeeper(opts.self_managed)
         keeper.refresh()  # before serving: a replica without a certificate must not become ready
+    if opts.kube_version is None and opts.discover_kube_version:
+        api_server = opts.self_managed.api_server if opts.self_managed else None
+        opts = dataclasses.replace(opts, kube_version=await asyncio.to_thread(discover_kube_version, api_server))
     webhook, ctx = build(opts)
     app = create_app(webhook, opts.body_timeout)
     config = uvicorn.Config(

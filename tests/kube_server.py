@@ -84,6 +84,7 @@ class FakeKube:
         self.requests: list[Request] = []
         self.race: dict[str, dict[str, bytes]] = {}
         self.forbidden: set[tuple[str, str]] = set()
+        self.version = ("1", "31+")
         self._lock = threading.Lock()
         self._rv = itertools.count(1000)
         self._server: ThreadingHTTPServer | None = None
@@ -178,6 +179,18 @@ class FakeKube:
     def _route(self, method: str, path: str, content_type: str, body: Any) -> tuple[int, dict[str, Any]]:
         if (method, path) in self.forbidden:
             raise self._forbidden(method, path)
+        if path in ("/version", "/version/") and method == "GET":
+            return 200, {  # what a real (managed) API server answers on /version
+                "major": self.version[0],
+                "minor": self.version[1],
+                "gitVersion": "v1.31.2-gke.1000",
+                "gitCommit": "0123456789abcdef0123456789abcdef01234567",
+                "gitTreeState": "clean",
+                "buildDate": "2024-10-01T00:00:00Z",
+                "goVersion": "go1.22.7",
+                "compiler": "gc",
+                "platform": "linux/amd64",
+            }
         if m := _SECRETS.fullmatch(path):
             if method == "GET":
                 items = [s for (ns, _), s in sorted(self.secrets.items()) if ns == m["ns"]]

@@ -115,7 +115,9 @@ def test_picks_up_a_renewed_certificate(kube: FakeKube, tmp_path: Path) -> None:
         wait_for(lambda: served_cert(port, data["ca.crt"]) == renewed.cert_pem)
     finally:
         stop(proc)
-    assert "serving certificate written" in log.read_text()
+    text = log.read_text()
+    assert "serving certificate written" in text
+    assert '"version": "1.31"' in text  # asked the API server, for nativeSidecar auto
 
 
 def test_forbidden_is_a_clear_startup_error(kube: FakeKube, tmp_path: Path) -> None:
