@@ -56,6 +56,7 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--cert-dir", default="/tmp/certs", help="where the fetched certificate is written")
     m.add_argument("--kube-api-server", help="API server URL (default: in-cluster); for tests and local runs")
     m.add_argument("--cert-check-interval", type=float, default=3600.0, help="seconds between renewal checks")
+    m.add_argument("--cluster-domain", default="cluster.local", help="DNS suffix for the certificate's names")
     s.add_argument("--config-dir", help="config.yaml / values.yaml / *.yaml.j2 (a mounted ConfigMap); watched")
     s.add_argument("--revision", default="", help="control-plane revision recorded in sidecar.istio.io/status")
     s.add_argument("--kube-version", type=_kube_version, help="API server version, for nativeSidecar auto")
@@ -88,6 +89,7 @@ def serve(args: argparse.Namespace) -> int:
             cert_dir,
             args.kube_api_server,
             args.cert_check_interval,
+            args.cluster_domain,
         )
     elif not (args.tls_cert_file and args.tls_key_file):
         print("sidecar-injector: serve needs --tls-cert-file and --tls-key-file, or --cert-secret", file=sys.stderr)

@@ -339,6 +339,7 @@ class SelfManaged:
     cert_dir: Path
     api_server: str | None = None  # None: in-cluster ServiceAccount
     check_interval: float = 3600.0
+    cluster_domain: str = "cluster.local"
 
 
 class CertKeeper:
@@ -367,6 +368,7 @@ class CertKeeper:
             service=o.service,
             mwc_name=o.webhook_config,
             now=datetime.now(UTC),
+            cluster_domain=o.cluster_domain,
         )
         if self.cert_file.exists() and self.cert_file.read_bytes() == bundle.cert_pem:
             return False
