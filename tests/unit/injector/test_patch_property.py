@@ -1,5 +1,6 @@
-"""Property: for generated pods the JSON Patch turns the original into exactly the injected pod, touches only
-what injection owns, and re-injecting the result is a fixed point."""
+"""Property: for generated pods the JSON Patch turns the original into exactly the injected pod, the result is a
+valid Pod (strict OpenAPI schema), the patch touches only what injection owns, and re-injecting the result is a
+fixed point."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import copy
 from typing import Any
 
 import jsonpatch
+import kubernetes_validate
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -14,6 +16,7 @@ from injector.config import load_config
 from injector.inject import Request, inject
 
 CFG = load_config(env={})
+K8S_VERSION = kubernetes_validate.latest_version()
 NAME = st.from_regex(r"[a-z][a-z0-9-]{0,10}[a-z0-9]", fullmatch=True).filter(lambda n: not n.startswith("istio"))
 PORT = st.integers(min_value=1, max_value=65535)
 ENV = st.lists(
@@ -101,6 +104,7 @@ def test_patch_reproduces_injection_and_touches_only_owned_fields(pod: dict[str,
     r = inject(Request(pod=pod, namespace="default", config=CFG))
     assert pod == before, "inject must not modify its input"
     assert jsonpatch.apply_patch(pod, r.patch) == r.pod
+    kubernetes_validate.validate(r.pod, K8S_VERSION, strict=True)
     for op in r.patch:
         assert op["path"].startswith(OWNED_PREFIXES), op
     # Within containers, app containers only have probes/lifecycle rewritten (or move position).

@@ -257,3 +257,22 @@ def test_readyz_reports_a_failed_reload(tmp_path: Path) -> None:
     assert ok and "config: last reload failed" in detail
     assert metric(hook, "sidecar_injector_reloads_total", {"what": "config", "result": "failure"}) == 1
     assert metric(hook, "sidecar_injector_last_reload_success", {"what": "config"}) == 0
+
+
+def test_reloader_follows_a_configmap_symlink_swap(tmp_path: Path) -> None:
+    """A mounted ConfigMap: files are symlinks into ..data, which the kubelet swaps atomically to a new dir."""
+    v1, v2 = tmp_path / "..2026_11_26_01", tmp_path / "..2026_11_26_02"
+    v1.mkdir()
+    (v1 / "config.yaml").write_text("policy: enabled\n")
+    (tmp_path / "..data").symlink_to(v1.name)
+    (tmp_path / "config.yaml").symlink_to("..data/config.yaml")
+    metrics = Metrics()
+    r = Reloader("config", [tmp_path], lambda: load_config(tmp_path, env={}), metrics, debounce=0)
+    assert r.initial().policy == "enabled"
+    v2.mkdir()
+    (v2 / "config.yaml").write_text("policy: disabled\n")
+    (tmp_path / "..data_tmp").symlink_to(v2.name)
+    (tmp_path / "..data_tmp").rename(tmp_path / "..data")  # the kubelet's atomic swap
+    r.poll(1.0)
+    assert r.poll(2.0) is True
+    assert r.value is not None and r.value.policy == "disabled"
