@@ -41,6 +41,8 @@ class InjectorConfig:
     always_inject: tuple[LabelSelector, ...]
     injected_annotations: Mapping[str, str]
     values: Mapping[str, Any] = field(repr=False)
+    # Memo of pure functions of this config (e.g. parsed template output); dies with the config on reload.
+    cache: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def native_sidecar_mode(self) -> str:

@@ -17,11 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jinja2
-import jsonpatch
 import yaml
 
 from . import annotations as A
-from . import probes
+from . import jsondiff, probes
 from .annotations import Settings, capture_args, read_settings
 from .config import InjectorConfig
 from .envoy_bootstrap import bootstrap as envoy_bootstrap
@@ -189,20 +188,37 @@ def render(req: Request, names: list[str], pod: Obj, s: Settings, native: bool, 
     for name in names:
         try:
             module = env.get_template(name).make_module(ctx)
-            text = str(module)
-            doc = yaml.load(text, Loader=_YAML_LOADER) or {}
         except TemplateError:
             raise
         except jinja2.TemplateError as e:
             raise TemplateError(f"template {name!r} failed to render: {e}") from e
-        except yaml.YAMLError as e:
-            raise TemplateError(f"template {name!r} did not render valid YAML: {e}") from e
-        if not isinstance(doc, dict) or set(doc) - {"metadata", "spec"}:
-            raise TemplateError(f"template {name!r} must render a mapping with only metadata and spec")
-        docs.append(_drop_empty_lists(doc))
+        docs.append(_parse_rendered(req.config, name, str(module)))
         rewrite = rewrite or bool(getattr(module, "rewrite_app_probes", False))
         merge = merge or bool(getattr(module, "prometheus_merge", False))
     return Rendered(docs, rewrite, merge)
+
+
+_PARSE_CACHE_LIMIT = 512
+
+
+def _parse_rendered(config: InjectorConfig, name: str, text: str) -> Obj:
+    """Rendered YAML -> partial pod. Parsing is most of a render's cost and pods of one workload render the same
+    text, so results are memoised per config (they are never mutated: merging copies what it takes)."""
+    key = ("rendered", name, text)
+    doc = config.cache.get(key)
+    if doc is not None:
+        return doc  # type: ignore[no-any-return]
+    try:
+        doc = yaml.load(text, Loader=_YAML_LOADER) or {}
+    except yaml.YAMLError as e:
+        raise TemplateError(f"template {name!r} did not render valid YAML: {e}") from e
+    if not isinstance(doc, dict) or set(doc) - {"metadata", "spec"}:
+        raise TemplateError(f"template {name!r} must render a mapping with only metadata and spec")
+    doc = _drop_empty_lists(doc)
+    if len(config.cache) >= _PARSE_CACHE_LIMIT:
+        config.cache.clear()
+    config.cache[key] = doc
+    return doc
 
 
 def apply_overrides(pod: Obj, overrides: list[tuple[str, Obj]]) -> Obj:
@@ -271,8 +287,7 @@ def make_patch(before: Mapping[str, Any], after: Obj) -> list[Obj]:
     dst = {**after, "metadata": {k: v for k, v in (after.get("metadata") or {}).items() if k != "managedFields"}}
     if "metadata" not in before:
         src.pop("metadata")
-    ops: list[Obj] = jsonpatch.make_patch(src, dst).patch
-    return ops
+    return jsondiff.make_patch(src, dst)
 
 
 def injection_status(template_pod: Obj, revision: str) -> str:

@@ -100,19 +100,25 @@ def salvage_identity(body: bytes) -> tuple[str, str]:
         return V1, ""
 
 
+def encode_patch(patch: list[dict[str, Any]]) -> str:
+    """The response's ``patch`` field: base64 of the JSON Patch."""
+    return base64.b64encode(json.dumps(patch, separators=(",", ":")).encode()).decode()
+
+
 def build_response(
     api_version: str,
     uid: str,
     *,
     allowed: bool = True,
-    patch: list[dict[str, Any]] | None = None,
+    patch: list[dict[str, Any]] | str | None = None,
     message: str | None = None,
     warnings: list[str] | None = None,
 ) -> AdmissionReviewOut:
+    """The one place responses are made. ``patch`` is the operations, or already `encode_patch`-ed."""
     response: AdmissionResponse = {"uid": uid, "allowed": allowed}
     if patch:
         response["patchType"] = "JSONPatch"
-        response["patch"] = base64.b64encode(json.dumps(patch, separators=(",", ":")).encode()).decode()
+        response["patch"] = patch if isinstance(patch, str) else encode_patch(patch)
     if message is not None:
         response["status"] = {"message": message} if allowed else {"message": message, "code": 403}
     if warnings:

@@ -15,6 +15,7 @@ import logging
 import os
 import ssl
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,13 +30,14 @@ from .config import InjectorConfig, load_config
 from .errors import InjectorError, Refused
 from .inject import CLUSTER_ENV, NETWORK_ENV, Request, inject
 from .policy import decide
-from .review import BadReview, build_response, parse_review, salvage_identity
+from .review import BadReview, build_response, encode_patch, parse_review, salvage_identity
 
 log = logging.getLogger("sidecar_injector")
 
 MAX_BODY = 6 * 1024 * 1024  # the API server's own request limit is 3 MiB; anything bigger is not from it
 BODY_TIMEOUT = 10.0  # the MWC's timeoutSeconds: after that nobody is waiting for the answer (--request-timeout)
 URL_PARAMETER_ENV = {"cluster": CLUSTER_ENV, "net": NETWORK_ENV}
+MEMO_SIZE = 512  # distinct pods remembered (a pod's outcome is a few KiB)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5)
 
 T = TypeVar("T")
@@ -165,6 +167,19 @@ def proxy_env_from_path(path: str) -> dict[str, str]:
     return env
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What the webhook decided for one pod, independent of the request's uid and apiVersion."""
+
+    decision: str  # injected | skipped | refused | error
+    reason: str
+    code: str  # metrics label
+    patch: list[dict[str, Any]] | None = None
+    warnings: tuple[str, ...] = ()
+    templates: str = ""
+    encoded_patch: str | None = None  # base64 JSON, computed once per memoised outcome
+
+
 @dataclass
 class Webhook:
     config: Reloader[InjectorConfig]
@@ -173,6 +188,8 @@ class Webhook:
     kube_version: tuple[int, int] | None = None
     cert: Reloader[Any] | None = None
     clock: Callable[[], float] = time.perf_counter
+    _memo: OrderedDict[tuple[str, str, str], Outcome] = field(default_factory=OrderedDict, repr=False)
+    _memo_config: InjectorConfig | None = field(default=None, repr=False)
 
     @property
     def ready(self) -> tuple[bool, str]:
@@ -232,17 +249,53 @@ class Webhook:
             self.metrics.skipped.labels("not_pod_create").inc()
             entry.update(decision="skipped", reason=f"not a Pod CREATE ({review.kind} {review.operation})")
             return answer()
+        outcome = self.outcome(review.obj, review.namespace, path)
+        if outcome.decision == "injected":
+            self.metrics.injected.inc()
+        elif outcome.decision == "skipped":
+            self.metrics.skipped.labels(outcome.code).inc()
+        elif outcome.decision == "refused":
+            self.metrics.refused.inc()
+        else:
+            self.metrics.errors.labels("injector").inc()
+        entry.update(decision=outcome.decision, reason=outcome.reason)
+        if outcome.decision == "injected":
+            entry.update(templates=outcome.templates, patch_ops=len(outcome.patch or []))
+        allowed = outcome.decision in ("injected", "skipped")
+        return answer(
+            allowed=allowed,
+            patch=outcome.encoded_patch,
+            message=None if allowed else outcome.reason,
+            warnings=list(outcome.warnings),
+        )
+
+    def outcome(self, pod: dict[str, Any], namespace: str, path: str) -> Outcome:
+        """Decision and patch for this pod: a pure function of (pod, namespace, path) under one config, so it is
+        memoised - the replicas of a Deployment arrive as identical pods. The memo empties on a config reload."""
         config = self.config.value
         assert config is not None  # initial() ran before serving
-        decision = decide(review.obj, review.namespace, config)
-        warnings = list(decision.warnings)
+        if config is not self._memo_config:
+            self._memo.clear()
+            self._memo_config = config
+        key = (json.dumps(pod, separators=(",", ":")), namespace, path)
+        hit = self._memo.get(key)
+        if hit is not None:
+            self._memo.move_to_end(key)
+            return hit
+        out = self._compute(pod, namespace, path, config)
+        self._memo[key] = out
+        if len(self._memo) > MEMO_SIZE:
+            self._memo.popitem(last=False)
+        return out
+
+    def _compute(self, pod: dict[str, Any], namespace: str, path: str, config: InjectorConfig) -> Outcome:
+        decision = decide(pod, namespace, config)
+        warnings = decision.warnings
         if not decision.inject:
-            self.metrics.skipped.labels(decision.code).inc()
-            entry.update(decision="skipped", reason=decision.reason)
-            return answer(warnings=warnings)
+            return Outcome("skipped", decision.reason, decision.code, warnings=warnings)
         req = Request(
-            pod=review.obj,
-            namespace=review.namespace,
+            pod=pod,
+            namespace=namespace,
             config=config,
             revision=self.revision,
             kube_version=self.kube_version,
@@ -251,17 +304,12 @@ class Webhook:
         try:
             result = inject(req)
         except Refused as e:
-            self.metrics.refused.inc()
-            entry.update(decision="refused", reason=str(e))
-            return answer(allowed=False, message=str(e), warnings=warnings)
+            return Outcome("refused", str(e), "refused", warnings=warnings)
         except InjectorError as e:
-            self.metrics.errors.labels("injector").inc()
-            entry.update(decision="error", reason=str(e))
-            return answer(allowed=False, message=str(e), warnings=warnings)
-        self.metrics.injected.inc()
-        entry.update(decision="injected", reason=decision.reason, templates=",".join(result.templates))
-        entry["patch_ops"] = len(result.patch)
-        return answer(patch=result.patch, warnings=warnings)
+            return Outcome("error", str(e), "injector", warnings=warnings)
+        templates = ",".join(result.templates)
+        encoded = encode_patch(result.patch) if result.patch else None
+        return Outcome("injected", decision.reason, decision.code, result.patch, warnings, templates, encoded)
 
     async def watch(self, interval: float) -> None:
         """Poll config and certificate files forever (cancelled at shutdown)."""
