@@ -62,17 +62,16 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--kube-version", type=_kube_version, help="API server version, for nativeSidecar auto")
     s.add_argument("--reload-interval", type=float, default=1.0, help="seconds between checks of config and certs")
     s.add_argument("--request-timeout", type=float, default=10.0, help="seconds to wait for a request body")
+    s.add_argument("--workers", type=int, default=1, help="serving processes sharing the port (one per core)")
     return p
 
 
 def serve(args: argparse.Namespace) -> int:
-    import asyncio
     import ssl
     from pathlib import Path
 
     from .kube import KubeError
-    from .webhook import SelfManaged, ServeOptions, configure_logging
-    from .webhook import serve as run_server
+    from .webhook import SelfManaged, ServeOptions, configure_logging, run
 
     self_managed = None
     if args.cert_secret:
@@ -109,7 +108,7 @@ def serve(args: argparse.Namespace) -> int:
     )
     configure_logging()
     try:
-        asyncio.run(run_server(opts))
+        return run(opts, args.workers)
     except ConfigError as e:
         print(f"sidecar-injector: config: {e}", file=sys.stderr)
         return 2
@@ -121,7 +120,6 @@ def serve(args: argparse.Namespace) -> int:
         return 1
     except KeyboardInterrupt:
         return 0
-    return 0
 
 
 def kube_inject(args: argparse.Namespace) -> int:

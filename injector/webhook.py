@@ -9,10 +9,13 @@ read the body and pass it on. Configuration and the serving certificate are re-r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
 import os
+import signal
+import socket
 import ssl
 import time
 from collections import OrderedDict
@@ -531,17 +534,63 @@ def configure_logging() -> None:
     log.propagate = False
 
 
-async def serve(opts: ServeOptions) -> None:
-    """Serve until cancelled or signalled."""
-    import uvicorn
-
+def run(opts: ServeOptions, workers: int = 1) -> int:
+    """Prepare once (certificate, API server version, a config and certificate that load), then serve - in
+    ``workers`` processes sharing one listening socket when more than one (the kernel spreads connections; each
+    process has its own memo and reloaders). Returns the exit code."""
     keeper = None
     if opts.self_managed is not None:
         keeper = CertKeeper(opts.self_managed)
         keeper.refresh()  # before serving: a replica without a certificate must not become ready
     if opts.kube_version is None and opts.discover_kube_version:
         api_server = opts.self_managed.api_server if opts.self_managed else None
-        opts = dataclasses.replace(opts, kube_version=await asyncio.to_thread(discover_kube_version, api_server))
+        opts = dataclasses.replace(opts, kube_version=discover_kube_version(api_server))
+    build(opts)  # fail before forking on a bad config or certificate
+    if workers <= 1:
+        asyncio.run(_serve(opts, keeper, None))
+        return 0
+    sock = _listen(opts.host, opts.port)
+    children: list[int] = []
+    for i in range(workers):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            code = 0
+            try:
+                asyncio.run(_serve(opts, keeper if i == 0 else None, sock))  # one process renews the certificate
+            except BaseException:  # noqa: BLE001 - report and leave with a code, never return into the parent's code
+                import traceback
+
+                traceback.print_exc()
+                code = 1
+            os._exit(code)
+        children.append(pid)
+    sock.close()
+
+    def forward(signum: int, _frame: object) -> None:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children]
+    return 0 if all(c in (0, -signal.SIGTERM, -signal.SIGINT) for c in codes) else 1
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+async def _serve(opts: ServeOptions, keeper: CertKeeper | None, sock: socket.socket | None) -> None:
+    """One serving process, until signalled."""
+    import uvicorn
+
     webhook, ctx = build(opts)
     app = create_app(webhook, opts.body_timeout)
     config = uvicorn.Config(
@@ -553,6 +602,7 @@ async def serve(opts: ServeOptions) -> None:
         log_config=None,
         access_log=False,
         timeout_keep_alive=30,
+        backlog=2048,
         # uvicorn builds its own SSLContext from files; we swap in ours after load() so reloads reach it.
         ssl_certfile=str(opts.cert_file),
         ssl_keyfile=str(opts.key_file),
@@ -564,7 +614,7 @@ async def serve(opts: ServeOptions) -> None:
     if keeper is not None:
         tasks.append(asyncio.create_task(keeper.keep(webhook.metrics)))
     try:
-        await server.serve()
+        await server.serve(sockets=[sock] if sock is not None else None)
     finally:
         for t in tasks:
             t.cancel()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import socket
@@ -64,6 +65,13 @@ def _free_port() -> int:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
+    with serving(tmp_path) as srv:
+        yield srv
+
+
+@contextlib.contextmanager
+def serving(tmp_path: Path, *extra: str) -> Iterator[Server]:
+    """A `sidecar-injector serve` process (``extra`` flags appended), ready; terminated at the end."""
     ca = certs.make_ca()
     pair = certs.make_serving_cert(ca, SERVICE, NAMESPACE, extra_sans=["localhost", "127.0.0.1"])
     (tmp_path / "ca.crt").write_bytes(ca.cert_pem)
@@ -84,6 +92,7 @@ def server(tmp_path: Path) -> Iterator[Server]:
         "--config-dir", str(config_dir),
         "--reload-interval", "0.1",
         "--request-timeout", "1",
+        *extra,
     ]  # fmt: skip
     with log_file.open("wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)

@@ -9,6 +9,7 @@ import socket
 import ssl
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from injector import certs
 
-from .conftest import Server
+from .conftest import Server, serving
 
 POD = {"metadata": {"name": "web"}, "spec": {"containers": [{"name": "app", "image": "a:1"}]}}
 
@@ -204,3 +205,31 @@ def test_broken_config_keeps_the_last_good_one(server: Server) -> None:
     status, out = post(conn, review())
     assert status == 200 and out["response"]["allowed"] is True  # still injecting with the last good config
     assert "reload failed; keeping the last good one" in server.log_file.read_text()
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def test_two_workers_share_the_port_and_stop_together(tmp_path: Path) -> None:
+    with serving(tmp_path, "--workers", "2") as srv:
+        workers = _children(srv.proc.pid)
+        assert len(workers) == 2
+        for i in range(20):  # new connections: the kernel spreads them over both processes
+            conn = srv.connection()
+            status, out = post(conn, review(uid=f"w-{i}"))
+            assert status == 200 and out["response"]["uid"] == f"w-{i}" and out["response"]["allowed"]
+            conn.close()
+        srv.proc.terminate()
+        assert srv.proc.wait(timeout=15) == 0
+        assert all(
+            not Path(f"/proc/{w}").exists() or "zombie" in Path(f"/proc/{w}/status").read_text() for w in workers
+        )
