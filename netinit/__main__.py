@@ -6,7 +6,6 @@ Exit codes: 0 done (or already in place), 2 bad input (nothing touched), 1 apply
 
 from __future__ import annotations
 
-import dataclasses
 import grp
 import os
 import pwd
@@ -99,7 +98,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 
         if run.cleanup_only:
             applier = make_applier(run.applier, run.force_iptables_binary, runner)
-            full = plan(dataclasses.replace(cfg, enable_ipv6=True))
+            full = plan(cfg._replace(enable_ipv6=True))
             _log(cleanup(full, applier, _log))
             return 0
 

@@ -6,18 +6,16 @@ inject a failure at an exact step; production uses ``SubprocessRunner``.
 
 from __future__ import annotations
 
-import shutil
+import os
 import subprocess
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from netinit.errors import ApplyError, BackendError
 from netinit.plan import Family
 
 
-@dataclass(frozen=True)
-class Completed:
+class Completed(NamedTuple):
     returncode: int
     stdout: str
     stderr: str
@@ -36,8 +34,7 @@ class SubprocessRunner:
         return Completed(p.returncode, p.stdout, p.stderr)
 
 
-@dataclass(frozen=True)
-class Backend:
+class Backend(NamedTuple):
     """One iptables flavour: the save/restore binaries for each family."""
 
     flavor: str  # "legacy" | "nft"
@@ -49,12 +46,21 @@ class Backend:
         return [f"{'ip6' if fam == 6 else 'ip'}tables-{self.flavor}-restore"]
 
 
+def find_executable(name: str) -> str | None:
+    """`shutil.which` for plain names, without importing shutil (and fnmatch) on the start-up path."""
+    for d in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        path = os.path.join(d or ".", name)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
+
+
 def _binaries(flavor: str) -> list[str]:
     return [f"{p}tables-{flavor}-{op}" for p in ("ip", "ip6") for op in ("save", "restore")]
 
 
 def detect_backend(
-    runner: Runner, forced: str | None = None, which: Callable[[str], str | None] = shutil.which
+    runner: Runner, forced: str | None = None, which: Callable[[str], str | None] | None = None
 ) -> tuple[Backend, str]:
     """Like istio-iptables: legacy only when legacy already holds rules and works; else nft; else legacy.
 
@@ -62,10 +68,11 @@ def detect_backend(
     Returns the backend and the IPv4 ``iptables-save`` text its probe read, so the caller's snapshot
     need not run the same command again (netinit's run time is pod start-up time).
     """
+    lookup = which if which is not None else find_executable
     problems: list[str] = []
 
     def probe(flavor: str) -> str | None:
-        missing = [b for b in _binaries(flavor) if which(b) is None]
+        missing = [b for b in _binaries(flavor) if lookup(b) is None]
         if missing:
             problems.append(f"{flavor}: {', '.join(missing)} not found")
             return None

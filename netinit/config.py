@@ -13,8 +13,8 @@ import argparse
 import ipaddress
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Literal, NoReturn
+from types import MappingProxyType
+from typing import Literal, NamedTuple, NoReturn
 
 from netinit.errors import ConfigError
 
@@ -181,19 +181,22 @@ _BOOL_FLAGS: tuple[tuple[str, str | None, str, str, str | None, str], ...] = (
 )
 
 
-@dataclass(frozen=True)
-class HostFacts:
+# Records are NamedTuples, not dataclasses: `dataclasses` imports `inspect` (about 10 ms), and netinit's start-up
+# time is every pod's start-up time.
+_NO_IDS: Mapping[str, int] = MappingProxyType({})
+
+
+class HostFacts(NamedTuple):
     """What the planner needs to know about the target namespace, gathered at the edge."""
 
     has_global_ipv4: bool = True
     has_global_ipv6: bool = False
     dns_servers: tuple[str, ...] = ()
-    group_ids: Mapping[str, int] = field(default_factory=dict)
-    user_ids: Mapping[str, int] = field(default_factory=dict)
+    group_ids: Mapping[str, int] = _NO_IDS
+    user_ids: Mapping[str, int] = _NO_IDS
 
 
-@dataclass(frozen=True)
-class CaptureConfig:
+class CaptureConfig(NamedTuple):
     """Everything that decides which rules are programmed. Pure data, validated."""
 
     proxy_port: int = DEFAULT_PROXY_PORT
@@ -214,7 +217,7 @@ class CaptureConfig:
     kube_virt_interfaces: tuple[str, ...] = ()
     owner_groups_include: str | tuple[str, ...] = WILDCARD
     owner_groups_exclude: tuple[str, ...] = ()
-    ipv4_loopback_cidr: ipaddress.IPv4Network = field(default=ipaddress.IPv4Network("127.0.0.1/32"))
+    ipv4_loopback_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("127.0.0.1/32")
     redirect_dns: bool = False
     capture_all_dns: bool = False
     drop_invalid: bool = False
@@ -223,8 +226,7 @@ class CaptureConfig:
     enable_ipv6: bool = False
 
 
-@dataclass(frozen=True)
-class RunOptions:
+class RunOptions(NamedTuple):
     """How netinit runs, as opposed to what it programs."""
 
     dry_run: bool = False
@@ -240,8 +242,7 @@ class RunOptions:
     applier: str = "restore"
 
 
-@dataclass(frozen=True)
-class RawOptions:
+class RawOptions(NamedTuple):
     """Flags merged with env vars (flag wins), still unvalidated strings."""
 
     values: Mapping[str, str]

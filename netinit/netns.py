@@ -6,30 +6,30 @@ only by ``configure_tproxy_routes``, the one feature that needs it.
 
 from __future__ import annotations
 
-import ctypes
 import ipaddress
 import os
 import socket
 import struct
 from collections.abc import Iterator
-from pathlib import Path
 
 from netinit.errors import ApplyError, ConfigError
 
 CLONE_NEWNET = 0x40000000
-NETNS_RUN_DIR = Path("/var/run/netns")
+NETNS_RUN_DIR = "/var/run/netns"  # paths are plain strings: pathlib costs ~4 ms of start-up
 
 
-def netns_path(name_or_path: str | None, pid: int | None) -> Path | None:
+def netns_path(name_or_path: str | None, pid: int | None) -> str | None:
     if pid is not None:
-        return Path(f"/proc/{pid}/ns/net")
+        return f"/proc/{pid}/ns/net"
     if not name_or_path:
         return None
-    return Path(name_or_path) if "/" in name_or_path else NETNS_RUN_DIR / name_or_path
+    return name_or_path if "/" in name_or_path else os.path.join(NETNS_RUN_DIR, name_or_path)
 
 
-def enter(path: Path) -> None:
+def enter(path: str) -> None:
     """setns(2) into the namespace at ``path`` (Python 3.11 has no os.setns)."""
+    import ctypes  # only when entering a namespace: an init container already runs in the pod's
+
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError as e:
@@ -43,21 +43,22 @@ def enter(path: Path) -> None:
         os.close(fd)
 
 
-def resolv_conf_for(netns_name: str | None, pid: int | None = None) -> Path:
+def resolv_conf_for(netns_name: str | None, pid: int | None = None) -> str:
     """The target's resolv.conf: the process's own view with ``--pid``; /etc/netns/NAME/resolv.conf (what
     ``ip netns exec`` bind-mounts) with a namespace name; else /etc/resolv.conf."""
     if pid is not None:
-        return Path(f"/proc/{pid}/root/etc/resolv.conf")
+        return f"/proc/{pid}/root/etc/resolv.conf"
     if netns_name and "/" not in netns_name:
-        p = Path("/etc/netns") / netns_name / "resolv.conf"
-        if p.exists():
+        p = os.path.join("/etc/netns", netns_name, "resolv.conf")
+        if os.path.exists(p):
             return p
-    return Path("/etc/resolv.conf")
+    return "/etc/resolv.conf"
 
 
-def nameservers(path: Path) -> tuple[str, ...]:
+def nameservers(path: str) -> tuple[str, ...]:
     try:
-        text = path.read_text()
+        with open(path) as f:
+            text = f.read()
     except OSError:
         return ()
     out = []

@@ -14,8 +14,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from netinit.config import DNS_LISTENER_PORT, WILDCARD, CaptureConfig, Network
 
@@ -39,8 +38,7 @@ OWN_CHAINS = frozenset(
 OUTBOUND_MARK = 1338
 
 
-@dataclass(frozen=True)
-class Match:
+class Match(NamedTuple):
     """One ``-m module`` with its options; a value starting with ``!`` is negated."""
 
     module: str
@@ -56,8 +54,7 @@ class Match:
         return " ".join(parts)
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(NamedTuple):
     table: str
     chain: str
     target: str
@@ -99,8 +96,7 @@ class Rule:
         return self.target in OWN_CHAINS
 
 
-@dataclass(frozen=True)
-class RuleSet:
+class RuleSet(NamedTuple):
     """The plan: rules per family in istio-iptables' order (appends and positional inserts)."""
 
     v4: tuple[Rule, ...]
@@ -446,11 +442,17 @@ def _tproxy_tail(b: _Builder, cfg: CaptureConfig, lo: dict[int, str], mark: str)
 # --- the plan as table state ------------------------------------------------------------------------------
 
 
-@dataclass
 class TableState:
     """Chains of one table -> their rule specs, in order (as iptables-save would list them)."""
 
-    chains: dict[str, list[str]] = field(default_factory=dict)
+    def __init__(self, chains: dict[str, list[str]] | None = None) -> None:
+        self.chains: dict[str, list[str]] = {} if chains is None else chains
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TableState) and self.chains == other.chains
+
+    def __repr__(self) -> str:
+        return f"TableState({self.chains!r})"
 
     def own_chains(self) -> dict[str, list[str]]:
         return {c: r for c, r in self.chains.items() if c in OWN_CHAINS}

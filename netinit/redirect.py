@@ -15,7 +15,7 @@ Both families are snapshotted first; if anything fails, every family is restored
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from netinit.backends import Applier
 from netinit.errors import ApplyError, DriftError, NetinitError
@@ -62,8 +62,7 @@ def _target(spec: str) -> str | None:
     return None
 
 
-@dataclass
-class TableDiff:
+class TableDiff(NamedTuple):
     table: str
     in_place: bool
     residue: bool
