@@ -131,6 +131,24 @@ def run_wrk(port: int, conns: int, duration: int, lua: Path, body_file: Path) ->
     return r
 
 
+def memory_trend(port: int, pid: int, total: int, lua: Path, tmp: Path) -> None:
+    """RSS of the injector at idle and after every ~10% of ``total`` requests, alternating two pods between
+    batches (1 and 3 containers)."""
+    bodies = []
+    for n in (1, 3):
+        f = tmp / f"mem-{n}.json"
+        f.write_bytes(review(n))
+        bodies.append(f)
+    wait_ready(port, tmp / "ca.crt", "/inject", bodies[0].read_bytes())
+    print(f"{'requests':>10} {'RSS MiB':>8}")
+    print(f"{0:>10} {rss_kb(pid) / 1024:8.1f}  (idle, after one request)")
+    done, step = 0, max(total // 10, 1)
+    while done < total:
+        r = run_wrk(port, 16, max(1, round(step / 4000)), lua, bodies[(done // step) % 2])
+        done += r["requests"]
+        print(f"{done:>10} {rss_kb(pid) / 1024:8.1f}  errors={r['errors']}", flush=True)
+
+
 def ensure_wrk() -> None:
     if shutil.which("wrk"):
         return
@@ -145,6 +163,7 @@ def main() -> None:
     ap.add_argument("--connections", default="1,16,64")
     ap.add_argument("--containers", default="1,3")
     ap.add_argument("--workers", type=int, default=1, help="sidecar-injector serve --workers")
+    ap.add_argument("--memory", type=int, default=0, metavar="N", help="instead: RSS trend over N requests (c=16)")
     args = ap.parse_args()
     ensure_wrk()
     with tempfile.TemporaryDirectory() as d:
@@ -174,6 +193,9 @@ def main() -> None:
             subprocess.Popen(["taskset", "-c", cpus, *echo], stderr=subprocess.DEVNULL),
         ]
         try:
+            if args.memory:
+                memory_trend(ours, procs[0].pid, args.memory, lua, tmp)
+                return
             print(f"# workers={args.workers} duration={args.duration}s server CPU {cpus}, wrk CPU 1 (-t1)")
             head = f"{'server':9} {'pod':8} {'conns':>5} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'p99.9 ms':>8}"
             print(head + f" {'errors':>6}")
