@@ -7,7 +7,7 @@ bootstrap:
 	@scripts/bootstrap.sh
 
 demo: bootstrap
-	$(PY) -m netinit.demo
+	$(PY) -m injector.demo
 
 lint: bootstrap
 	$(PY) -m ruff check netinit injector tests
