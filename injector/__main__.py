@@ -57,6 +57,8 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--kube-api-server", help="API server URL (default: in-cluster); for tests and local runs")
     m.add_argument("--cert-check-interval", type=float, default=3600.0, help="seconds between renewal checks")
     m.add_argument("--cluster-domain", default="cluster.local", help="DNS suffix for the certificate's names")
+    m.add_argument("--cert-retries", type=int, default=8, help="start-up attempts to obtain the certificate")
+    m.add_argument("--cert-retry-delay", type=float, default=1.0, help="first wait between attempts (doubles)")
     s.add_argument("--config-dir", help="config.yaml / values.yaml / *.yaml.j2 (a mounted ConfigMap); watched")
     s.add_argument("--revision", default="", help="control-plane revision recorded in sidecar.istio.io/status")
     s.add_argument("--kube-version", type=_kube_version, help="API server version, for nativeSidecar auto")
@@ -89,6 +91,8 @@ def serve(args: argparse.Namespace) -> int:
             args.kube_api_server,
             args.cert_check_interval,
             args.cluster_domain,
+            max(1, args.cert_retries),
+            args.cert_retry_delay,
         )
     elif not (args.tls_cert_file and args.tls_key_file):
         print("sidecar-injector: serve needs --tls-cert-file and --tls-key-file, or --cert-secret", file=sys.stderr)

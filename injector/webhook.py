@@ -117,11 +117,25 @@ class Reloader(Generic[T]):
     _counted_failure: Hashable = field(default=None, repr=False)
 
     def initial(self) -> T:
-        """The first load; errors propagate (a server without a config or a certificate must not start)."""
+        """The first load; errors propagate (a server without a config must not start)."""
         self._applied = fingerprint(self.paths)
         self.value = self.load()
         self.metrics.last_reload_ok.labels(self.what).set(1)
         return self.value
+
+    def initial_or_wait(self) -> bool:
+        """The first load, but a failure only means "not yet": the value stays None (not ready) until the
+        files change and load. True when loaded."""
+        try:
+            self.initial()
+        except Exception as e:  # noqa: BLE001 - any failure: report, wait for the files to change
+            self.last_error = f"{type(e).__name__}: {e}"
+            self.metrics.last_reload_ok.labels(self.what).set(0)
+            log.error(
+                json.dumps({"msg": f"{self.what} not loadable yet; not ready until it is", "error": self.last_error})
+            )
+            return False
+        return True
 
     def poll(self, now: float) -> bool:
         """Reload if due; True when a new value was installed."""
@@ -222,7 +236,7 @@ class Webhook:
         if self.config.value is None:
             return False, "no config loaded"
         if self.cert is not None and self.cert.value is None:
-            return False, "no serving certificate loaded"
+            return False, f"no serving certificate loaded ({self.cert.last_error})"
         reloaders = [r for r in (self.config, self.cert) if r is not None]
         notes = [f"{r.what}: last reload failed ({r.last_error})" for r in reloaders if r.last_error]
         return True, "; ".join(notes) or "ok"
@@ -417,6 +431,8 @@ class SelfManaged:
     api_server: str | None = None  # None: in-cluster ServiceAccount
     check_interval: float = 3600.0
     cluster_domain: str = "cluster.local"
+    retries: int = 8  # start-up attempts: 1+2+4+8+16+30+30 s of waiting at most
+    retry_delay: float = 1.0
 
 
 class CertKeeper:
@@ -490,15 +506,6 @@ class ServeOptions:
     discover_kube_version: bool = False
 
 
-def tls_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
-    """Server context, TLS >= 1.2. Reloading later calls `load_pair` on this same object: new handshakes get the
-    new certificate, established connections keep theirs."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    load_pair(ctx, cert_file, key_file)
-    return ctx
-
-
 def load_pair(ctx: ssl.SSLContext, cert_file: Path, key_file: Path) -> ssl.SSLContext:
     """Load a cert/key pair into ``ctx`` only if they match. Both files are read once and checked in a scratch
     context first: loading a mismatched pair straight into the live context (a rotation caught between writing
@@ -540,7 +547,10 @@ def build(opts: ServeOptions) -> tuple[Webhook, ssl.SSLContext]:
         metrics,
     )
     config.initial()
-    ctx = tls_context(opts.cert_file, opts.key_file)
+    # TLS >= 1.2. Reloads call `load_pair` on this same context: new handshakes get the new certificate,
+    # established connections keep theirs.
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     cert: Reloader[ssl.SSLContext] = Reloader(
         "certificate",
         [opts.cert_file, opts.key_file],
@@ -548,8 +558,25 @@ def build(opts: ServeOptions) -> tuple[Webhook, ssl.SSLContext]:
         metrics,
         retry_failures=True,
     )
-    cert.initial()
+    if not cert.initial_or_wait():
+        # Serve anyway with a throwaway self-signed certificate, so /healthz and /readyz (503, saying what is
+        # missing) answer the kubelet, which does not verify probe certificates; the real one replaces it as
+        # soon as its files load.
+        _load_placeholder(ctx)
     return Webhook(config, metrics, opts.revision, opts.kube_version, cert), ctx
+
+
+def _load_placeholder(ctx: ssl.SSLContext) -> None:
+    import tempfile
+
+    from . import certs
+
+    ca = certs.make_ca("sidecar-injector-placeholder", days=1)
+    pair = certs.make_serving_cert(ca, "sidecar-injector-placeholder", "none", days=1)
+    with tempfile.TemporaryDirectory(prefix="sidecar-injector-tls-") as d:
+        Path(d, "tls.crt").write_bytes(pair.cert_pem)
+        Path(d, "tls.key").write_bytes(pair.key_pem)
+        load_pair(ctx, Path(d, "tls.crt"), Path(d, "tls.key"))
 
 
 def configure_logging() -> None:
@@ -567,7 +594,9 @@ def run(opts: ServeOptions, workers: int = 1) -> int:
     keeper = None
     if opts.self_managed is not None:
         keeper = CertKeeper(opts.self_managed)
-        keeper.refresh()  # before serving: a replica without a certificate must not become ready
+        # Before serving: a replica without a certificate must not become ready. The API server may be briefly
+        # unreachable or our RBAC not applied yet: retry with backoff, then fail with the last error.
+        with_backoff(keeper.refresh, opts.self_managed.retries, opts.self_managed.retry_delay, "serving certificate")
     if opts.kube_version is None and opts.discover_kube_version:
         api_server = opts.self_managed.api_server if opts.self_managed else None
         opts = dataclasses.replace(opts, kube_version=discover_kube_version(api_server))
@@ -601,6 +630,29 @@ def run(opts: ServeOptions, workers: int = 1) -> int:
     signal.signal(signal.SIGINT, forward)
     codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children]
     return 0 if all(c in (0, -signal.SIGTERM, -signal.SIGINT) for c in codes) else 1
+
+
+def with_backoff(
+    fn: Callable[[], object], attempts: int, delay: float, what: str, sleep: Callable[[float], None] = time.sleep
+) -> None:
+    """Call ``fn`` until it succeeds, at most ``attempts`` times, waiting ``delay`` seconds doubled each time (at
+    most 30 s) between tries; the last error propagates. Only Kubernetes API errors are retried."""
+    from .kube import KubeError
+
+    for attempt in range(1, attempts + 1):
+        try:
+            fn()
+            return
+        except KubeError as e:
+            if attempt == attempts:
+                raise
+            log.error(
+                json.dumps(
+                    {"msg": f"{what}: attempt {attempt}/{attempts} failed; retrying in {delay:g}s", "error": str(e)}
+                )
+            )
+            sleep(delay)
+            delay = min(delay * 2, 30.0)
 
 
 def _run_loop(main: Coroutine[Any, Any, None]) -> None:
@@ -641,12 +693,9 @@ async def _serve(opts: ServeOptions, keeper: CertKeeper | None, sock: socket.soc
         access_log=False,
         timeout_keep_alive=30,
         backlog=2048,
-        # uvicorn builds its own SSLContext from files; we swap in ours after load() so reloads reach it.
-        ssl_certfile=str(opts.cert_file),
-        ssl_keyfile=str(opts.key_file),
     )
     config.load()
-    config.ssl = ctx
+    config.ssl = ctx  # ours, not one uvicorn builds from files: reloads reach it, and missing files wait
     server = uvicorn.Server(config)
     tasks = [asyncio.create_task(webhook.watch(opts.reload_interval))]
     if keeper is not None:

@@ -85,6 +85,7 @@ class FakeKube:
         self.race: dict[str, dict[str, bytes]] = {}
         self.forbidden: set[tuple[str, str]] = set()
         self.version = ("1", "31+")
+        self.outage: list[int] = []
         self._lock = threading.Lock()
         self._rv = itertools.count(1000)
         self._server: ThreadingHTTPServer | None = None
@@ -172,6 +173,9 @@ class FakeKube:
     def handle(self, method: str, path: str, content_type: str, body: Any) -> tuple[int, dict[str, Any]]:
         with self._lock:
             try:
+                if self.outage:  # an API server in trouble: the next requests fail with these codes
+                    code = self.outage.pop(0)
+                    raise _Failure(code, f"injected failure {code}", "InternalError" if code >= 500 else None)
                 return self._route(method, path, content_type, body)
             except _Failure as f:
                 return f.code, f.status()

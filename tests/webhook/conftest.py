@@ -41,6 +41,13 @@ class Server:
     def connection(self, timeout: float = 10.0) -> http.client.HTTPSConnection:
         return http.client.HTTPSConnection("127.0.0.1", self.port, context=self.context(), timeout=timeout)
 
+    def unverified_connection(self) -> http.client.HTTPSConnection:
+        """What the kubelet's HTTPS probes do: no certificate verification."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return http.client.HTTPSConnection("127.0.0.1", self.port, context=ctx, timeout=5)
+
     def rotate(self, days: int = 30) -> bytes:
         """A new serving certificate from the same CA; the key is written first (a real rotation's mismatch
         window), then the cert. Returns the new cert's PEM."""
@@ -70,13 +77,15 @@ def server(tmp_path: Path) -> Iterator[Server]:
 
 
 @contextlib.contextmanager
-def serving(tmp_path: Path, *extra: str) -> Iterator[Server]:
-    """A `sidecar-injector serve` process (``extra`` flags appended), ready; terminated at the end."""
+def serving(tmp_path: Path, *extra: str, wait_ready: bool = True) -> Iterator[Server]:
+    """A `sidecar-injector serve` process (``extra`` flags appended), ready (or, with ``wait_ready=False``,
+    just running and without certificate files: `Server.rotate` writes them); terminated at the end."""
     ca = certs.make_ca()
-    pair = certs.make_serving_cert(ca, SERVICE, NAMESPACE, extra_sans=["localhost", "127.0.0.1"])
     (tmp_path / "ca.crt").write_bytes(ca.cert_pem)
-    (tmp_path / "tls.crt").write_bytes(pair.cert_pem)
-    (tmp_path / "tls.key").write_bytes(pair.key_pem)
+    if wait_ready:
+        pair = certs.make_serving_cert(ca, SERVICE, NAMESPACE, extra_sans=["localhost", "127.0.0.1"])
+        (tmp_path / "tls.crt").write_bytes(pair.cert_pem)
+        (tmp_path / "tls.key").write_bytes(pair.key_pem)
     config_dir = tmp_path / "config"
     config_dir.mkdir()
     (config_dir / "config.yaml").write_text("policy: enabled\ndefaultTemplates: [envoy]\n")
@@ -101,8 +110,8 @@ def serving(tmp_path: Path, *extra: str) -> Iterator[Server]:
         deadline = time.monotonic() + 20
         while True:
             try:
-                c = srv.connection(timeout=1)
-                c.request("GET", "/readyz")
+                c = srv.connection(timeout=1) if wait_ready else srv.unverified_connection()
+                c.request("GET", "/readyz" if wait_ready else "/healthz")
                 if c.getresponse().status == 200:
                     c.close()
                     break

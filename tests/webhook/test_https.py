@@ -233,3 +233,26 @@ def test_two_workers_share_the_port_and_stop_together(tmp_path: Path) -> None:
         assert all(
             not Path(f"/proc/{w}").exists() or "zombie" in Path(f"/proc/{w}/status").read_text() for w in workers
         )
+
+
+def test_missing_certificate_at_start_means_not_ready_until_it_appears(tmp_path: Path) -> None:
+    with serving(tmp_path, wait_ready=False) as srv:
+        conn = srv.unverified_connection()
+        conn.request("GET", "/readyz")
+        r = conn.getresponse()
+        detail = json.loads(r.read())["detail"]
+        assert r.status == 503 and "no serving certificate loaded" in detail and "tls.crt" in detail
+        assert "certificate not loadable yet; not ready until it is" in srv.log_file.read_text()
+        new_cert = srv.rotate()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if peer_cert(srv) == new_cert:
+                    break
+            except ssl.SSLError:
+                pass  # still the placeholder, which our CA does not sign
+            time.sleep(0.1)
+        assert peer_cert(srv) == new_cert
+        c = srv.connection()
+        c.request("GET", "/readyz")
+        assert c.getresponse().status == 200

@@ -30,7 +30,7 @@ def kube() -> Iterator[FakeKube]:
         yield fake
 
 
-def start(kube: FakeKube, tmp_path: Path, name: str) -> tuple[subprocess.Popen[bytes], int, Path]:
+def start(kube: FakeKube, tmp_path: Path, name: str, *extra: str) -> tuple[subprocess.Popen[bytes], int, Path]:
     port = _free_port()
     log = tmp_path / f"{name}.log"
     cmd = [
@@ -44,6 +44,7 @@ def start(kube: FakeKube, tmp_path: Path, name: str) -> tuple[subprocess.Popen[b
         "--kube-api-server", kube.url,
         "--reload-interval", "0.1",
         "--cert-check-interval", "0.3",
+        *extra,
     ]  # fmt: skip
     with log.open("wb") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
@@ -120,9 +121,27 @@ def test_picks_up_a_renewed_certificate(kube: FakeKube, tmp_path: Path) -> None:
     assert '"version": "1.31"' in text  # asked the API server, for nativeSidecar auto
 
 
-def test_forbidden_is_a_clear_startup_error(kube: FakeKube, tmp_path: Path) -> None:
+def test_forbidden_is_retried_with_backoff_then_a_clear_error(kube: FakeKube, tmp_path: Path) -> None:
     kube.forbidden.add(("GET", f"/api/v1/namespaces/{NS}/secrets/{SECRET}"))
-    proc, _, log = start(kube, tmp_path, "a")
+    start_time = time.monotonic()
+    proc, _, log = start(kube, tmp_path, "a", "--cert-retries", "3", "--cert-retry-delay", "0.2")
     assert proc.wait(timeout=20) == 1
+    elapsed = time.monotonic() - start_time
     text = log.read_text()
+    assert "attempt 1/3 failed; retrying in 0.2s" in text and "attempt 2/3 failed; retrying in 0.4s" in text
     assert "cannot obtain the serving certificate" in text and "missing RBAC permission" in text
+    assert 0.6 <= elapsed < 15  # waited 0.2 + 0.4 s between tries, then gave up: no tight loop, no endless one
+    gets = [r for r in kube.requests if r.method == "GET" and r.path.endswith(SECRET)]
+    assert len(gets) == 3
+
+
+def test_a_brief_api_outage_is_ridden_out(kube: FakeKube, tmp_path: Path) -> None:
+    kube.outage = [500, 503, 500]
+    proc, port, log = start(kube, tmp_path, "a", "--cert-retry-delay", "0.1")
+    try:
+        wait_for(lambda: (NS, SECRET) in kube.secrets)
+        data = kube.secret_data(NS, SECRET)
+        wait_for(lambda: served_cert(port, data["ca.crt"]) == data["tls.crt"])
+    finally:
+        stop(proc)
+    assert "failed; retrying" in log.read_text()
