@@ -63,6 +63,8 @@ def parse_review(body: bytes) -> Review:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
         raise BadReview(f"body is not JSON: {e}") from None
+    except RecursionError:
+        raise BadReview("body is nested too deeply to be an AdmissionReview") from None
     if not isinstance(doc, dict):
         raise BadReview("body is not a JSON object")
     api_version = doc.get("apiVersion")
@@ -96,7 +98,7 @@ def salvage_identity(body: bytes) -> tuple[str, str]:
         api_version = doc.get("apiVersion") if doc.get("apiVersion") in API_VERSIONS else V1
         uid = doc.get("request", {}).get("uid")
         return api_version, uid if isinstance(uid, str) else ""
-    except (ValueError, UnicodeDecodeError, AttributeError):
+    except (ValueError, UnicodeDecodeError, AttributeError, RecursionError):
         return V1, ""
 
 
