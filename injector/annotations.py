@@ -143,9 +143,15 @@ class Settings:
 # --- validators: each takes (name, value) and returns the parsed value or raises AnnotationError -----------------
 
 
-def _single_line(name: str, value: str) -> str:
+MAX_SINGLE_LINE = 4096  # longer than any image reference, quantity or log setting a person writes
+MAX_LIST = 65536  # CIDR and port lists can be long (thousands of ranges); the API caps all annotations at 256 KiB
+
+
+def _single_line(name: str, value: str, limit: int = MAX_SINGLE_LINE) -> str:
     if _CONTROL.search(value):
         raise AnnotationError(name, value, "control characters and newlines are not allowed")
+    if len(value) > limit:
+        raise AnnotationError(name, value, f"longer than {limit} characters")
     return value
 
 
@@ -154,7 +160,7 @@ def _items(value: str) -> list[str]:
 
 
 def _cidrs(name: str, value: str, allow_wildcard: bool) -> str:
-    _single_line(name, value)
+    _single_line(name, value, MAX_LIST)
     items = _items(value)
     if allow_wildcard and items == ["*"]:
         return "*"
@@ -168,7 +174,7 @@ def _cidrs(name: str, value: str, allow_wildcard: bool) -> str:
 
 
 def _ports(name: str, value: str, allow_wildcard: bool) -> str:
-    _single_line(name, value)
+    _single_line(name, value, MAX_LIST)
     items = _items(value)
     if allow_wildcard and items == ["*"]:
         return "*"
@@ -179,7 +185,7 @@ def _ports(name: str, value: str, allow_wildcard: bool) -> str:
 
 
 def _interfaces(name: str, value: str) -> str:
-    _single_line(name, value)
+    _single_line(name, value, MAX_LIST)
     items = _items(value)
     for item in items:
         if not _IFACE.match(item):
