@@ -118,6 +118,7 @@ def test_picks_up_a_renewed_certificate(kube: FakeKube, tmp_path: Path) -> None:
         stop(proc)
     text = log.read_text()
     assert "serving certificate written" in text
+    assert "PRIVATE KEY" not in text and "BEGIN" not in text  # no key material in logs
     assert '"version": "1.31"' in text  # asked the API server, for nativeSidecar auto
 
 

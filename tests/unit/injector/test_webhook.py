@@ -223,6 +223,17 @@ def test_one_json_log_line_per_request(hook: Webhook, caplog: pytest.LogCaptureF
     assert line["duration_ms"] >= 0
 
 
+def test_request_log_carries_no_pod_contents(hook: Webhook, caplog: pytest.LogCaptureFixture) -> None:
+    secret = {
+        **POD,
+        "spec": {"containers": [{"name": "app", "image": "a:1", "env": [{"name": "P", "value": "s3cr3t"}]}]},
+    }
+    with caplog.at_level(logging.INFO, logger="sidecar_injector"):
+        call(hook, review(secret, uid="log-2"))
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "log-2" in text and "s3cr3t" not in text
+
+
 def test_reloader_debounces_and_keeps_last_good(tmp_path: Path) -> None:
     (tmp_path / "config.yaml").write_text("policy: enabled\n")
     metrics = Metrics()
