@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from .config import NATIVE_MODES, load_config
 from .errors import ConfigError, Refused
+from .inject import check_config
 
 
 def _kube_version(value: str) -> tuple[int, int]:
@@ -130,7 +131,7 @@ def kube_inject(args: argparse.Namespace) -> int:
     from .workloads import Options, inject_text
 
     try:
-        config = load_config(args.config_dir)
+        config = check_config(load_config(args.config_dir))
         text = sys.stdin.read() if args.filename == "-" else open(args.filename).read()
     except ConfigError as e:
         print(f"sidecar-injector: config: {e}", file=sys.stderr)

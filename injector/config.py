@@ -28,6 +28,17 @@ TEMPLATE_SUFFIX = ".yaml.j2"
 DEFAULT_TEMPLATES_ENV = "SIDECAR_INJECTOR_DEFAULT_TEMPLATES"
 
 POLICIES = ("enabled", "disabled")
+CONFIG_KEYS = frozenset(
+    {
+        "policy",
+        "defaultTemplates",
+        "templates",
+        "aliases",
+        "neverInjectSelector",
+        "alwaysInjectSelector",
+        "injectedAnnotations",
+    }
+)
 NATIVE_MODES = ("auto", "true", "false")
 
 
@@ -106,11 +117,20 @@ def load_config(config_dir: str | Path | None = None, env: Mapping[str, str] | N
         if not d.is_dir():
             raise ConfigError(f"config directory {d} does not exist")
         if (d / "config.yaml").exists():
-            raw = {**raw, **_read_yaml(d / "config.yaml")}
+            user = _read_yaml(d / "config.yaml")
+            _check_keys(user)
+            raw = {**raw, **user}
         if (d / "values.yaml").exists():
             values = deep_merge(values, _read_yaml(d / "values.yaml"))
         templates.update(_templates_from(d))
     return _build(raw, values, templates, env)
+
+
+def _check_keys(raw: dict[str, Any]) -> None:
+    """Unknown keys are refused: a typo, or a file caught half-written, must not pass as "use the defaults"."""
+    unknown = sorted(str(k) for k in raw if k not in CONFIG_KEYS)
+    if unknown:
+        raise ConfigError(f"config.yaml: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(CONFIG_KEYS))}")
 
 
 def _build(

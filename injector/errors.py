@@ -30,4 +30,9 @@ class AnnotationError(Refused):
 
 
 class TemplateError(Refused):
-    """A requested template is unknown, or rendering it failed."""
+    """A requested template is unknown, refused this pod, or rendering it failed."""
+
+
+class TemplateBroken(TemplateError):
+    """The template itself is broken (does not compile, or renders invalid YAML): the operator's problem, which
+    a config check catches before any pod meets it."""

@@ -24,7 +24,7 @@ from . import jsondiff, probes
 from .annotations import Settings, capture_args, read_settings
 from .config import InjectorConfig
 from .envoy_bootstrap import bootstrap as envoy_bootstrap
-from .errors import AnnotationError, TemplateError
+from .errors import AnnotationError, ConfigError, InjectorError, TemplateBroken, TemplateError
 from .merge import clone, merge_into
 
 Obj = dict[str, Any]
@@ -106,6 +106,41 @@ def inject(req: Request) -> Result:
     pod = apply_overrides(pod, overrides)
     post_process(pod, template_pod, req, settings, rendered, native)
     return Result(pod=pod, patch=make_patch(req.pod, pod), templates=tuple(names), native=native)
+
+
+_CANARY: Obj = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {"name": "canary", "labels": {"app": "canary"}},
+    "spec": {
+        "containers": [
+            {
+                "name": "app",
+                "image": "app:1",
+                "ports": [{"name": "http", "containerPort": 8080}],
+                "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}},
+            }
+        ]
+    },
+}
+
+
+def check_config(config: InjectorConfig) -> InjectorConfig:
+    """Inject a canary pod with every selectable template, legacy and native, so a broken template or values of
+    the wrong shape fail the config load (the last good config stays) instead of every pod afterwards. A
+    template that deliberately refuses the canary is fine; one that breaks is not."""
+    for name in sorted(t for t in config.templates if not t.startswith("_")):
+        for native in ("false", "true"):
+            pod = {**_CANARY, "metadata": {**_CANARY["metadata"], "annotations": {A.TEMPLATES: name}}}
+            try:
+                inject(Request(pod=pod, namespace="default", config=config, native_sidecar=native))
+            except TemplateBroken as e:
+                raise ConfigError(str(e)) from e
+            except InjectorError:
+                continue  # refused this pod on purpose: not a broken config
+            except Exception as e:  # values of the wrong shape surface as KeyError, TypeError, ...
+                raise ConfigError(f"template {name!r} cannot inject with these values: {type(e).__name__}: {e}") from e
+    return config
 
 
 # --- steps ----------------------------------------------------------------------------------------------------
@@ -191,7 +226,7 @@ def render(req: Request, names: list[str], pod: Obj, s: Settings, native: bool, 
         except TemplateError:
             raise
         except jinja2.TemplateError as e:
-            raise TemplateError(f"template {name!r} failed to render: {e}") from e
+            raise TemplateBroken(f"template {name!r} failed to render: {e}") from e
         docs.append(_parse_rendered(req.config, name, str(module)))
         rewrite = rewrite or bool(getattr(module, "rewrite_app_probes", False))
         merge = merge or bool(getattr(module, "prometheus_merge", False))
@@ -211,9 +246,9 @@ def _parse_rendered(config: InjectorConfig, name: str, text: str) -> Obj:
     try:
         doc = yaml.load(text, Loader=_YAML_LOADER) or {}
     except yaml.YAMLError as e:
-        raise TemplateError(f"template {name!r} did not render valid YAML: {e}") from e
+        raise TemplateBroken(f"template {name!r} did not render valid YAML: {e}") from e
     if not isinstance(doc, dict) or set(doc) - {"metadata", "spec"}:
-        raise TemplateError(f"template {name!r} must render a mapping with only metadata and spec")
+        raise TemplateBroken(f"template {name!r} must render a mapping with only metadata and spec")
     doc = _drop_empty_lists(doc)
     if len(config.cache) >= _PARSE_CACHE_LIMIT:
         config.cache.clear()

@@ -32,7 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from .config import InjectorConfig, load_config
 from .errors import InjectorError, Refused
-from .inject import CLUSTER_ENV, NETWORK_ENV, Request, inject
+from .inject import CLUSTER_ENV, NETWORK_ENV, Request, check_config, inject
 from .policy import decide
 from .review import V1, BadReview, build_response, encode_patch, parse_review, salvage_identity
 
@@ -543,7 +543,7 @@ def build(opts: ServeOptions) -> tuple[Webhook, ssl.SSLContext]:
     config = Reloader(
         "config",
         [opts.config_dir] if opts.config_dir else [],
-        lambda: load_config(opts.config_dir),
+        lambda: check_config(load_config(opts.config_dir)),
         metrics,
     )
     config.initial()
