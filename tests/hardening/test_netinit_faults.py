@@ -1,0 +1,126 @@
+"""netinit under faults and foreign company, in real namespaces: missing binaries, a CNI's own rules around
+ours through every mode, and the plan -> apply -> iptables-save -> plan fixed point over generated flags."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from netinit import lab, netns
+from netinit.config import HostFacts, config_from_flags
+from netinit.plan import desired_state, plan
+from netinit.redirect import parse_save
+
+pytestmark = pytest.mark.requires_root
+
+ARGS = list(lab.SIDECAR_ARGS)
+FOREIGN = """*nat
+:CNI-HOSTPORT-DNAT - [0:0]
+:CNI-SNAT - [0:0]
+-A PREROUTING -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT
+-A OUTPUT -m addrtype --dst-type LOCAL -j CNI-HOSTPORT-DNAT
+-A POSTROUTING -s 10.244.0.0/16 -j CNI-SNAT
+-A CNI-SNAT -d 10.244.0.0/16 -j RETURN
+-A CNI-SNAT -j MASQUERADE
+COMMIT
+"""
+
+
+def netinit(ns: str, flavor: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return lab.run_netinit("--network-namespace", ns, "--force-iptables-binary", flavor, *args, env=env)
+
+
+BUILTIN = {"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"}
+
+
+def non_empty(save_text: str) -> dict[str, dict[str, list[str]]]:
+    """Tables and chains, minus empty built-in chains (and so tables holding nothing else)."""
+    return {
+        table: {chain: rules for chain, rules in st_.chains.items() if rules or chain not in BUILTIN}
+        for table, st_ in parse_save(lab.strip_save(save_text)).items()
+        if any(st_.chains.values())
+    }
+
+
+def foreign_lines(text: str) -> list[str]:
+    return [ln for ln in lab.strip_save(text).splitlines() if "CNI" in ln]
+
+
+def test_missing_iptables_is_a_clear_diagnosis_and_touches_nothing(netns: str, flavor: str) -> None:
+    before = lab.iptables_save(netns, flavor)
+    env = {**os.environ, "PATH": "/nonexistent"}
+    res = lab.run_netinit("--network-namespace", netns, *ARGS, env=env)
+    assert res.returncode == 1
+    assert "iptables-legacy-save" in res.stderr and "iptables-nft-save" in res.stderr and "not found" in res.stderr
+    assert lab.iptables_save(netns, flavor) == before
+
+
+def test_foreign_rules_survive_apply_reapply_reconcile_and_cleanup(netns: str, flavor: str) -> None:
+    lab.sh(f"iptables-{flavor}-restore", "--noflush", ns=netns, input=FOREIGN)
+    cni = foreign_lines(lab.iptables_save(netns, flavor))
+    assert len(cni) == 7
+    steps = [
+        (ARGS, "apply"),
+        (ARGS, "re-apply"),
+        ([*ARGS, "-o", "3306", "--reconcile"], "reconcile to new flags"),
+        ([*ARGS, "-o", "3306", "--cleanup-only"], "cleanup"),
+    ]
+    for args, what in steps:
+        res = netinit(netns, flavor, *args)
+        assert res.returncode == 0, f"{what}: {res.stderr}"
+        assert foreign_lines(lab.iptables_save(netns, flavor)) == cni, what
+    assert "ISTIO" not in lab.iptables_save(netns, flavor)
+
+
+PORTS = st.lists(st.integers(1, 65535).map(str), min_size=1, max_size=3, unique=True).map(",".join)
+CIDRS = st.lists(
+    st.tuples(st.integers(1, 223), st.integers(0, 255), st.sampled_from([8, 16, 24, 32])).map(
+        lambda t: f"{t[0]}.{t[1]}.0.0/{t[2]}"
+    ),
+    min_size=1,
+    max_size=3,
+    unique=True,
+).map(",".join)
+
+
+@st.composite
+def flag_sets(draw: st.DrawFn) -> list[str]:
+    args = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", draw(st.sampled_from(["REDIRECT", "TPROXY"]))]
+    args += ["-i", draw(st.just("*") | CIDRS), "-b", draw(st.just("*") | PORTS)]
+    for flag, values in (("-x", CIDRS), ("-d", PORTS), ("-q", PORTS), ("-o", PORTS)):
+        if draw(st.booleans()):
+            args += [flag, draw(values)]
+    for flag in ("--redirect-dns", "--drop-invalid", "--capture-all-dns"):
+        if draw(st.booleans()):
+            args.append(flag)
+    return args
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(flag_sets())
+def test_plan_apply_save_is_a_fixed_point_and_cleanup_restores(flavor: str, args: list[str]) -> None:
+    with lab.namespace("hx") as ns:
+        lab.sh(f"iptables-{flavor}-restore", "--noflush", ns=ns, input=FOREIGN)
+        before = lab.strip_save(lab.iptables_save(ns, flavor))
+        res = netinit(ns, flavor, *args)
+        assert res.returncode == 0, res.stderr
+        live = parse_save(lab.strip_save(lab.iptables_save(ns, flavor)))
+        # What netinit saw in that namespace: no global address, the host's resolv.conf (no /etc/netns/NS).
+        facts = HostFacts(has_global_ipv4=False, dns_servers=netns.nameservers(netns.resolv_conf_for(ns)))
+        for table, st_ in desired_state(plan(config_from_flags(args, facts=facts)).v4).items():
+            for chain, specs in st_.chains.items():
+                have = live[table].chains.get(chain, [])
+                if chain.startswith("ISTIO_"):
+                    assert have == specs, (table, chain)
+                else:
+                    assert [s for s in have if s in specs] == specs, (table, chain)
+        again = netinit(ns, flavor, *args)
+        assert again.returncode == 0 and "already in place" in again.stderr
+        gone = netinit(ns, flavor, *args, "--cleanup-only")
+        assert gone.returncode == 0, gone.stderr
+        # Exactly as before, except that a table netinit touched may now exist with empty built-in chains.
+        assert non_empty(lab.iptables_save(ns, flavor)) == non_empty(before)
