@@ -2,6 +2,9 @@
 
 Exit codes: 0 done (or already in place), 2 bad input (nothing touched), 1 apply failed (rolled back),
 126 validation failed.
+
+``netinit explain|show|verify ...`` are the debugging commands (netinit.debug_cli), imported only when that word
+comes first: istio-iptables takes no positional arguments, so the flag form is unaffected.
 """
 
 from __future__ import annotations
@@ -14,9 +17,9 @@ from collections.abc import Mapping, Sequence
 
 from netinit import netns
 from netinit.backends import Applier, RestoreApplier, Runner, SubprocessRunner, detect_backend
-from netinit.config import CaptureConfig, HostFacts, parse_options, resolve
+from netinit.config import CaptureConfig, HostFacts, RunOptions, parse_options, resolve
 from netinit.errors import ApplyError, ConfigError, NetinitError
-from netinit.plan import plan
+from netinit.plan import RuleSet, plan
 from netinit.redirect import cleanup, render_apply
 
 
@@ -60,6 +63,10 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     argv = sys.argv[1:] if argv is None else argv
     env = os.environ if env is None else env
     runner = runner or SubprocessRunner()
+    if argv and argv[0] in ("explain", "show", "verify"):
+        from netinit import debug_cli  # lazy: the apply path never imports the debugging commands
+
+        return debug_cli.run(argv[0], argv[1:], env, runner)
     try:
         raw = parse_options(argv, env)
         # Enter the target namespace before looking at anything in it.
@@ -96,31 +103,43 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
                 print("# EOF")
             return 0
 
-        if run.cleanup_only:
-            applier = make_applier(run.applier, run.force_iptables_binary, runner)
-            full = plan(cfg._replace(enable_ipv6=True))
-            _log(cleanup(full, applier, _log))
-            return 0
+        from netinit import lock
 
-        if not run.skip_rule_apply:
-            from netinit.redirect import apply_ruleset
-
-            applier = make_applier(run.applier, run.force_iptables_binary, runner)
-            _log(
-                f"backend: iptables-{applier.backend.flavor} via {applier.name}; "
-                f"families: {', '.join(f'IPv{f}' for f in ruleset.families())}"
-            )
-            _log(apply_ruleset(ruleset, applier, reconcile=run.reconcile, force=run.force_apply, log=_log))
-            _post_apply(cfg, runner)
-        if run.run_validation:
-            from netinit.validate import validate
-
-            if validate(cfg, _log):
-                _log("validation passed: outbound capture and proxy bypass work")
+        held = lock.acquire()  # one netinit per namespace from snapshot to the end of the apply
+        try:
+            _act(cfg, run, ruleset, runner)
+        finally:
+            if held is not None:
+                os.close(held)
         return 0
     except NetinitError as e:
         print(str(e), file=sys.stderr)
         return e.exit_code
+
+
+def _act(cfg: CaptureConfig, run: RunOptions, ruleset: RuleSet, runner: Runner) -> None:
+    """Clean up, or apply (+ what the rules rely on) and validate - under the namespace lock."""
+    if run.cleanup_only:
+        applier = make_applier(run.applier, run.force_iptables_binary, runner)
+        full = plan(cfg._replace(enable_ipv6=True))
+        _log(cleanup(full, applier, _log))
+        return
+
+    if not run.skip_rule_apply:
+        from netinit.redirect import apply_ruleset
+
+        applier = make_applier(run.applier, run.force_iptables_binary, runner)
+        _log(
+            f"backend: iptables-{applier.backend.flavor} via {applier.name}; "
+            f"families: {', '.join(f'IPv{f}' for f in ruleset.families())}"
+        )
+        _log(apply_ruleset(ruleset, applier, reconcile=run.reconcile, force=run.force_apply, log=_log))
+        _post_apply(cfg, runner)
+    if run.run_validation:
+        from netinit.validate import validate
+
+        if validate(cfg, _log):
+            _log("validation passed: outbound capture and proxy bypass work")
 
 
 def _post_apply(cfg: CaptureConfig, runner: Runner) -> None:

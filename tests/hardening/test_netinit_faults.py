@@ -124,3 +124,26 @@ def test_plan_apply_save_is_a_fixed_point_and_cleanup_restores(flavor: str, args
         assert gone.returncode == 0, gone.stderr
         # Exactly as before, except that a table netinit touched may now exist with empty built-in chains.
         assert non_empty(lab.iptables_save(ns, flavor)) == non_empty(before)
+
+
+def test_concurrent_runs_against_one_namespace_all_finish_correctly(netns: str, flavor: str) -> None:
+    """A restarted init container racing its predecessor: every run exits 0 and the rules are there once."""
+    procs = [
+        subprocess.Popen(
+            [*lab.netinit_cmd(), "--network-namespace", netns, "--force-iptables-binary", flavor, *ARGS],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(8)
+    ]
+    results = [(p.wait(timeout=60), p.stderr.read() if p.stderr else "") for p in procs]
+    assert [rc for rc, _ in results] == [0] * 8, [err for rc, err in results if rc]
+    assert sum("capture rules applied" in err for _, err in results) == 1
+    assert sum("already in place" in err for _, err in results) == 7
+    live = parse_save(lab.strip_save(lab.iptables_save(netns, flavor)))
+    expected = desired_state(plan(config_from_flags(ARGS, facts=HostFacts(has_global_ipv4=False))).v4)
+    for table, st_ in expected.items():
+        for chain, specs in st_.chains.items():
+            assert [s for s in live[table].chains.get(chain, []) if s in specs] == specs, (table, chain)
+            assert len(live[table].chains.get(chain, [])) == len(specs), f"duplicated rules in {table}/{chain}"
