@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Every flag also reads its istio-iptables env var; a flag wins over its env var. "
         "Env-only: ISTIO_OUTBOUND_OWNER_GROUPS, ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE, "
         "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR. Exit codes: 0 done, 2 bad input, 1 apply failed "
-        "(rolled back), 126 validation failed.",
+        "(rolled back), 126 validation failed. Debugging: netinit explain|show|verify --help.",
     )
     for dest, short, long, env, help_ in _STR_FLAGS:
         names = [n for n in (short, long) if n]
