@@ -179,7 +179,7 @@ def _ports(name: str, value: str, allow_wildcard: bool) -> str:
     if allow_wildcard and items == ["*"]:
         return "*"
     for item in items:
-        if not item.isdigit() or not 0 < int(item) <= 65535:
+        if not (item.isascii() and item.isdigit()) or not 0 < int(item) <= 65535:
             raise AnnotationError(name, value, f"{item!r} is not a port number 1-65535")
     return ",".join(items)
 
@@ -216,7 +216,7 @@ def _exact_bool(name: str, value: str) -> bool:
 
 def _int(name: str, value: str, low: int, high: int = 2**31 - 1) -> int:
     v = _single_line(name, value).strip()
-    if not v.isdigit() or not low <= int(v) <= high:
+    if not (v.isascii() and v.isdigit()) or not low <= int(v) <= high:
         raise AnnotationError(name, value, f"expected an integer {low}-{high}")
     return int(v)
 

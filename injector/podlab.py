@@ -167,7 +167,7 @@ def parse_stats(text: str) -> dict[str, int]:
     out: dict[str, int] = {}
     for line in text.splitlines():
         name, sep, value = line.partition(": ")
-        if sep and value.strip().lstrip("-").isdigit():
+        if sep and (value.strip().lstrip("-").isascii() and value.strip().lstrip("-").isdigit()):
             out[name] = int(value)
     return out
 

@@ -372,7 +372,7 @@ def create_app(webhook: Webhook, body_timeout: float = BODY_TIMEOUT) -> FastAPI:
     async def read_body(request: HttpRequest) -> bytes | None:
         """The body, or None when it is over the limit (stops reading as soon as it is)."""
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
+        if declared is not None and (declared.isascii() and declared.isdigit()) and int(declared) > MAX_BODY:
             return None
         chunks: list[bytes] = []
         size = 0

@@ -34,7 +34,7 @@ def _names(raw_values: Mapping[str, str]) -> tuple[dict[str, int], dict[str, int
     for key in ("proxy_uid",):
         for n in raw_values.get(key, "").split(","):
             n = n.strip()
-            if n and not n.isdigit():
+            if n and not (n.isascii() and n.isdigit()):
                 try:
                     users[n] = pwd.getpwnam(n).pw_uid
                 except KeyError:
@@ -42,7 +42,7 @@ def _names(raw_values: Mapping[str, str]) -> tuple[dict[str, int], dict[str, int
     for key in ("proxy_gid", "ISTIO_OUTBOUND_OWNER_GROUPS", "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE"):
         for n in raw_values.get(key, "").split(","):
             n = n.strip()
-            if n and n != "*" and not n.isdigit():
+            if n and n != "*" and not (n.isascii() and n.isdigit()):
                 try:
                     groups[n] = grp.getgrnam(n).gr_gid
                 except KeyError:
@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     try:
         raw = parse_options(argv, env)
         # Enter the target namespace before looking at anything in it.
-        pid = int(raw.pid) if raw.pid and raw.pid.isdigit() else None
+        pid = int(raw.pid) if raw.pid and (raw.pid.isascii() and raw.pid.isdigit()) else None
         target = netns.netns_path(raw.values.get("network_namespace"), pid)
         dry_run = raw.flags["dry_run"]
         if target is not None and not dry_run:

@@ -340,7 +340,7 @@ def _bad(flag: str, value: str, why: str) -> ConfigError:
 
 def parse_port(flag: str, value: str) -> int:
     v = value.strip()
-    if not v.isdigit() or not 1 <= int(v) <= 65535:
+    if not (v.isascii() and v.isdigit()) or not 1 <= int(v) <= 65535:
         raise _bad(flag, value, "port must be an integer 1-65535")
     return int(v)
 
@@ -388,7 +388,7 @@ def _ids(flag: str, value: str, names: Mapping[str, int], kind: str) -> tuple[st
     if not items:
         raise _bad(flag, value, f"at least one {kind} is required")
     for item in items:
-        if item.isdigit():
+        if item.isascii() and item.isdigit():
             if int(item) > 2**32 - 2:
                 raise _bad(flag, item, f"{kind} out of range")
             out.append(str(int(item)))
@@ -401,7 +401,7 @@ def _ids(flag: str, value: str, names: Mapping[str, int], kind: str) -> tuple[st
 
 def _uint(flag: str, value: str, lo: int, hi: int) -> int:
     v = value.strip()
-    if not v.isdigit() or not lo <= int(v) <= hi:
+    if not (v.isascii() and v.isdigit()) or not lo <= int(v) <= hi:
         raise _bad(flag, value, f"expected an integer {lo}-{hi}")
     return int(v)
 

@@ -128,7 +128,7 @@ def run(cmd: str, argv: Sequence[str], env: Mapping[str, str], runner: Runner) -
 def _enter(ns: argparse.Namespace) -> tuple[str | None, int | None]:
     pid = None
     if ns.pid is not None:
-        if not str(ns.pid).isdigit():
+        if not (str(ns.pid).isascii() and str(ns.pid).isdigit()):
             raise ConfigError(f"netinit: invalid value for --pid: {ns.pid!r} (expected a process id)")
         pid = int(ns.pid)
     if pid is not None and ns.network_namespace:

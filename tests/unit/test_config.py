@@ -51,6 +51,9 @@ def test_long_names_and_bool_env_fallbacks() -> None:
     [
         (["-p", "0"], {}, "-p/--envoy-port: '0'"),
         (["-z", "65536"], {}, "-z/--inbound-capture-port: '65536'"),
+        (["-z", "\u00b2"], {}, "-z/--inbound-capture-port"),  # isdigit() but not int(): must be exit 2, not a crash
+        (["-b", "8\u00b2"], {}, "-b/--istio-inbound-ports"),
+        (["--pid", "\u00b2"], {}, "--pid"),
         (["-b", "80,x"], {}, "-b/--istio-inbound-ports: 'x'"),
         (["-d", "90-80"], {}, "range start is after its end"),
         (["-i", "10.0.0.0/40"], {}, "-i/--istio-service-cidr: '10.0.0.0/40'"),

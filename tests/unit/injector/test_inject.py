@@ -62,6 +62,8 @@ BAD = [
     (A.BOOTSTRAP_OVERRIDE, "My_Bootstrap"),
     (A.STATUS_PORT, "65536"),
     (A.STATUS_PORT, "abc"),
+    (A.STATUS_PORT, "\u00b2"),  # a digit to str.isdigit(), not to int(): found by the hardening property test
+    (A.EXCLUDE_INBOUND_PORTS, "80,9\u00b2"),
     (A.READINESS_INITIAL_DELAY, "-1"),
     (A.READINESS_PERIOD, "0"),
     (A.READINESS_FAILURE_THRESHOLD, "1.5"),
