@@ -3,7 +3,8 @@
 Each sample: a fresh network namespace, then one process start -> exit. netinit runs as the init image runs it:
 the `netinit` console script of a regular (non-editable) wheel install in a throwaway venv, built at the start
 (an editable install adds ~8 ms of import-finder start-up that no image has). Rows for the default capture and
-for 1000 excluded CIDRs + 100 excluded ports, both backends, both appliers. Prints p50/p90 in milliseconds.
+for 1000 excluded CIDRs + 100 excluded ports, both iptables backends, both appliers, and native nftables
+(`--native-nftables` vs raw `nft -f` of the same script). Prints p50/p90 in milliseconds.
 
     sudo .venv/bin/python bench/netinit_cold.py [--runs 30]
 """
@@ -18,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from netinit import lab
+from netinit import lab, nft
 from netinit.config import config_from_flags
 from netinit.plan import plan
 from netinit.redirect import render_apply
@@ -88,10 +89,26 @@ def main() -> None:
                     key = f"{what} ({flavor}, {label})"
                     medians[key] = statistics.median(xs)
                     print(f"{key:<52}{lines:>6}{medians[key]:>9.1f}{xs[int(len(xs) * 0.9) - 1]:>9.1f}", flush=True)
+            script = nft.render_apply(plan(config_from_flags(args)))
+            for what in ("nft -f", "netinit --native-nftables"):
+                xs = []
+                for _ in range(n):
+                    with lab.namespace("bench") as ns:
+                        if what == "nft -f":
+                            xs.append(timed(["ip", "netns", "exec", ns, "nft", "-f", "-"], script))
+                        else:
+                            xs.append(timed(["ip", "netns", "exec", ns, netinit, "--native-nftables", *args]))
+                xs.sort()
+                key = f"{what} ({label})"
+                medians[key] = statistics.median(xs)
+                nlines = script.count("\n")
+                print(f"{key:<52}{nlines:>6}{medians[key]:>9.1f}{xs[int(len(xs) * 0.9) - 1]:>9.1f}", flush=True)
         for label in ("default", "1000 CIDRs"):
             for flavor in ("legacy", "nft"):
-                d = medians[f"netinit ({flavor}, {label})"] - medians[f"iptables-restore ({flavor}, {label})"]
-                print(f"netinit overhead over raw restore ({flavor}, {label}): {d:+.1f} ms (p50)")
+                over = medians[f"netinit ({flavor}, {label})"] - medians[f"iptables-restore ({flavor}, {label})"]
+                print(f"netinit overhead over raw restore ({flavor}, {label}): {over:+.1f} ms (p50)")
+            over = medians[f"netinit --native-nftables ({label})"] - medians[f"nft -f ({label})"]
+            print(f"netinit --native-nftables overhead over raw nft -f ({label}): {over:+.1f} ms (p50)")
 
 
 if __name__ == "__main__":

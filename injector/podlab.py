@@ -58,8 +58,9 @@ import yaml
 
 from .selectors import parse_selector
 
-Flavor = Literal["legacy", "nft"]
-FLAVORS: tuple[Flavor, ...] = ("legacy", "nft")
+Flavor = Literal["legacy", "nft", "native-nft"]
+FLAVORS: tuple[Flavor, ...] = ("legacy", "nft")  # the iptables flavours; run_pod also takes "native-nft"
+NATIVE_NFT: Flavor = "native-nft"  # netinit --native-nftables
 
 REPO = Path(__file__).resolve().parent.parent
 MWC_FILE = REPO / "manifests" / "base" / "mutatingwebhook.yaml"
@@ -742,7 +743,10 @@ class RunningPod:
         return out
 
     def nat_rules(self) -> str:
-        """The pod's nat table (``iptables-<flavor>-save -t nat``) without comments and counters."""
+        """The pod's nat rules: ``iptables-<flavor>-save -t nat`` without comments and counters, or with native
+        nftables our ``inet istio-proxy-nat`` table as ``nft`` lists it."""
+        if self.flavor == NATIVE_NFT:
+            return sh("nft", "list", "table", "inet", "istio-proxy-nat", ns=self.ns).stdout
         return normalize_save(sh(f"iptables-{self.flavor}-save", "-t", "nat", ns=self.ns).stdout)
 
     def pod_request(self, host: str, port: int, path: str = "/", *, uid: int | None = None) -> HttpResult:
@@ -833,7 +837,8 @@ def _run_netinit(container: Mapping[str, Any], pod: RunningPod) -> subprocess.Co
         raise PodLabError(f"init container {container['name']}: a command override is not simulated")
     env = {"PATH": os.environ.get("PATH", PATH_ENV), **_container_env(container, pod.pod, pod.ip)}
     args = [expand(str(a), env) for a in container.get("args") or []]
-    cmd = [*console_script("netinit"), *args, "--network-namespace", pod.ns, "--force-iptables-binary", pod.flavor]
+    backend = ["--native-nftables"] if pod.flavor == NATIVE_NFT else ["--force-iptables-binary", pod.flavor]
+    cmd = [*console_script("netinit"), *args, "--network-namespace", pod.ns, *backend]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60, check=False)
 
 
@@ -967,8 +972,8 @@ def run_pod(
     run (the proxy's sleeps for the drain time). Teardown: app containers, then the proxy,
     client servers, namespaces, temp files.
     """
-    if flavor not in FLAVORS:
-        raise ValueError(f"flavor must be legacy or nft, got {flavor!r}")
+    if flavor not in (*FLAVORS, NATIVE_NFT):
+        raise ValueError(f"flavor must be legacy, nft or native-nft, got {flavor!r}")
     say = progress or (lambda _msg: None)
     spec = pod.get("spec") or {}
     for c in spec.get("containers") or []:

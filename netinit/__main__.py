@@ -94,8 +94,19 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         if run.dry_run and run.cleanup_only:
             raise ConfigError(
                 "netinit: --dry-run with --cleanup-only is not supported: what cleanup removes "
-                "depends on the live rules (inspect them with iptables-save)"
+                "depends on the live rules (inspect them with "
+                + ("nft list ruleset inet)" if run.native_nftables else "iptables-save)")
             )
+        nft_tables = None
+        if run.native_nftables:
+            from netinit import nft  # lazy: the iptables path never imports the nftables modules
+
+            nft_tables = nft.render_tables(ruleset)  # untranslatable rules are refused here, before any I/O
+            if run.dry_run:
+                print(f"# {', '.join(f'IPv{f}' for f in ruleset.families())}: nft -f - <<EOF")
+                sys.stdout.write(nft.transaction(nft_tables))
+                print("# EOF")
+                return 0
         if run.dry_run:
             for fam in ruleset.families():
                 print(f"# IPv{fam}: iptables-restore --noflush <<EOF")
@@ -107,7 +118,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 
         held = lock.acquire()  # one netinit per namespace from snapshot to the end of the apply
         try:
-            _act(cfg, run, ruleset, runner)
+            _act(cfg, run, ruleset, runner, nft_tables)
         finally:
             if held is not None:
                 os.close(held)
@@ -117,23 +128,36 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         return e.exit_code
 
 
-def _act(cfg: CaptureConfig, run: RunOptions, ruleset: RuleSet, runner: Runner) -> None:
-    """Clean up, or apply (+ what the rules rely on) and validate - under the namespace lock."""
+def _act(
+    cfg: CaptureConfig, run: RunOptions, ruleset: RuleSet, runner: Runner, nft_tables: dict[str, str] | None = None
+) -> None:
+    """Clean up, or apply (+ what the rules rely on) and validate - under the namespace lock. ``nft_tables``:
+    the plan rendered for ``--native-nftables``."""
     if run.cleanup_only:
+        if run.native_nftables:
+            from netinit import nft_applier  # lazy: the iptables path never imports the nftables modules
+
+            _log(nft_applier.cleanup(nft_applier.NftApplier(runner, nft_applier.nft_binary())))
+            return
         applier = make_applier(run.applier, run.force_iptables_binary, runner)
         full = plan(cfg._replace(enable_ipv6=True))
         _log(cleanup(full, applier, _log))
         return
 
     if not run.skip_rule_apply:
-        from netinit.redirect import apply_ruleset
+        families = ", ".join(f"IPv{f}" for f in ruleset.families())
+        if nft_tables is not None:
+            from netinit import nft_applier
 
-        applier = make_applier(run.applier, run.force_iptables_binary, runner)
-        _log(
-            f"backend: iptables-{applier.backend.flavor} via {applier.name}; "
-            f"families: {', '.join(f'IPv{f}' for f in ruleset.families())}"
-        )
-        _log(apply_ruleset(ruleset, applier, reconcile=run.reconcile, force=run.force_apply, log=_log))
+            nft = nft_applier.NftApplier(runner, nft_applier.nft_binary())
+            _log(f"backend: native nftables via {nft.nft} -f; families: {families}")
+            _log(nft_applier.apply_tables(nft_tables, nft, reconcile=run.reconcile, force=run.force_apply, log=_log))
+        else:
+            from netinit.redirect import apply_ruleset
+
+            applier = make_applier(run.applier, run.force_iptables_binary, runner)
+            _log(f"backend: iptables-{applier.backend.flavor} via {applier.name}; families: {families}")
+            _log(apply_ruleset(ruleset, applier, reconcile=run.reconcile, force=run.force_apply, log=_log))
         _post_apply(cfg, runner)
     if run.run_validation:
         from netinit.validate import validate

@@ -178,6 +178,14 @@ _BOOL_FLAGS: tuple[tuple[str, str | None, str, str, str | None, str], ...] = (
     ("reconcile", None, "--reconcile", "RECONCILE", None, "replace drifted rules of ours"),
     ("cleanup_only", None, "--cleanup-only", "CLEANUP_ONLY", None, "remove our chains and jumps (foreign rules stay)"),
     ("force_apply", None, "--force-apply", "FORCE_APPLY", None, "re-apply even when the rules are in place"),
+    (
+        "native_nftables",
+        None,
+        "--native-nftables",
+        "NATIVE_NFTABLES",
+        None,
+        "program native nftables (inet istio-proxy-* tables, one nft transaction) instead of iptables",
+    ),
 )
 
 
@@ -240,6 +248,7 @@ class RunOptions(NamedTuple):
     network_namespace: str | None = None
     pid: int | None = None
     applier: str = "restore"
+    native_nftables: bool = False
 
 
 class RawOptions(NamedTuple):
@@ -511,6 +520,10 @@ def resolve(
         raise _bad("--network-namespace", netns, "control characters are not allowed")
     if f["cleanup_only"] and f["reconcile"]:
         warn("--reconcile has no effect with --cleanup-only")
+    if f["native_nftables"] and raw.applier == "iptc":
+        raise ConfigError("netinit: --applier iptc drives iptables; it cannot be combined with --native-nftables")
+    if f["native_nftables"] and binary is not None:
+        warn("--force-iptables-binary has no effect with --native-nftables")
     if raw.applier == "iptc" and binary == "nft":
         raise ConfigError(
             "netinit: --applier iptc drives libiptc, which only writes the legacy backend; "
@@ -556,6 +569,7 @@ def resolve(
         network_namespace=netns,
         pid=pid,
         applier=raw.applier,
+        native_nftables=f["native_nftables"],
     )
     return cfg, run
 

@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 need_pkgs=()
 command -v iptables-legacy-restore >/dev/null 2>&1 || need_pkgs+=(iptables)
 command -v iptables-nft-restore >/dev/null 2>&1 || need_pkgs+=(iptables)
+# nft for `netinit --native-nftables`; often only in /usr/sbin, which a non-root PATH may lack.
+command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || need_pkgs+=(nftables)
 command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
 command -v setpriv >/dev/null 2>&1 || need_pkgs+=(util-linux)
 if [ ${#need_pkgs[@]} -gt 0 ]; then

@@ -18,7 +18,7 @@ STRICT = os.environ.get("NETINIT_REQUIRE_NETNS_TESTS") == "1"
 def _missing() -> str | None:
     if os.geteuid() != 0:
         return "needs root (network namespaces, iptables)"
-    for b in ("ip", "setpriv", "iptables-legacy-restore", "iptables-nft-restore", "ip6tables-legacy-save"):
+    for b in ("ip", "setpriv", "nft", "iptables-legacy-restore", "iptables-nft-restore", "ip6tables-legacy-save"):
         if shutil.which(b) is None:
             return f"{b} not installed (run scripts/bootstrap.sh)"
     return None
