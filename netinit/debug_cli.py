@@ -187,7 +187,23 @@ def read_live(runner: Runner, forced: str | None = None) -> Rules:
         for other in got
         if other != flavor and other in anything
     ]
+    if _native_nft_tables(runner):
+        notes.append(
+            "this namespace also has netinit's native nftables tables (inet istio-proxy-*), which explain and show "
+            "do not read yet; check them with: netinit verify --native-nftables FLAGS"
+        )
     return Rules(got[flavor], "live", f"live rules (iptables-{flavor})", flavor, tuple(notes))
+
+
+def _native_nft_tables(runner: Runner) -> bool:
+    """Whether netinit's native nftables tables are here (False when nft is not installed)."""
+    from netinit.nft_applier import nft_binary
+
+    try:
+        res = runner.run([nft_binary(), "list", "tables", "inet"])
+    except BackendError:
+        return False
+    return res.returncode == 0 and "istio-proxy-" in res.stdout
 
 
 def _rules_from(ns: argparse.Namespace, runner: Runner) -> Rules:
@@ -526,6 +542,10 @@ def _verify(ns: argparse.Namespace, extra: list[str], env: Mapping[str, str], ru
     else:
         raw = parse_options(extra, env)
         flags_text = _shell(extra)
+    if raw.flags.get("native_nftables") and not (ns.rules_file or ns.rules_file6):
+        name, pid = _enter(ns)
+        cfg, _run = resolve(raw, _facts(raw, name, pid), warn=_print)
+        return _verify_nft(cfg, runner, flags_text, notes, ns.json)
     if ns.rules_file or ns.rules_file6:
         # A dump has no addresses to look at: the families are the files given.
         facts = _facts(raw, None, None)._replace(
@@ -559,3 +579,44 @@ def _verify(ns: argparse.Namespace, extra: list[str], env: Mapping[str, str], ru
         n = len(report.drift)
         print("ok: the live rules are as planned" if report.ok else f"drift: {n} difference{'s' * (n != 1)}")
     return 0 if report.ok else EXIT_DRIFT
+
+
+def _verify_nft(cfg: CaptureConfig, runner: Runner, flags_text: str, notes: list[str], as_json: bool) -> int:
+    """verify --native-nftables: our inet tables as nft lists them against the plan's rendering, table by
+    table, with the same tolerance for this nft's spelling that apply uses."""
+    import difflib
+
+    from netinit import nft
+    from netinit.nft_applier import NftApplier, differing_tables, nft_binary
+
+    applier = NftApplier(runner, nft_binary())
+    want, live = nft.render_tables(plan(cfg)), applier.live()
+    differing = differing_tables(want, live)
+    canon = applier.canonical({n: want[n] for n in differing if n in want and n in live}) if differing else None
+    if canon is not None:
+        differing = [n for n in differing if not (n in canon and canon[n] == nft.normalize(live[n]))]
+    drift = []
+    for name in differing:
+        if name not in live:
+            drift.append({"table": name, "kind": "missing", "diff": []})
+        elif name not in want:
+            drift.append({"table": name, "kind": "extra", "diff": []})
+        else:
+            lines = difflib.unified_diff(
+                nft.normalize(want[name]), nft.normalize(live[name]), "plan", "live", lineterm=""
+            )
+            drift.append({"table": name, "kind": "changed", "diff": list(lines)[2:]})
+    if as_json:
+        doc = {"ok": not drift, "drift": drift, "flags": flags_text, "rules": {"source": "live", "flavor": "nft"}}
+        print(json.dumps({**doc, "notes": notes}, indent=2))
+    else:
+        print(f"rules: nft list ruleset inet (native nftables); plan: netinit {flags_text}")
+        print(f"checked: {', '.join(f'inet {n}' for n in sorted(set(want) | set(live))) or 'nothing'}")
+        for d in drift:
+            print(f"DRIFT table inet {d['table']}: {d['kind']}")
+            for line in d["diff"]:
+                print(f"    {line}")
+        for note in notes:
+            print(f"note: {note}")
+        print("ok: the live rules are as planned" if not drift else f"drift: {len(drift)} table(s) differ")
+    return 0 if not drift else EXIT_DRIFT

@@ -104,7 +104,7 @@ def _same(a: str | None, b: str | None) -> bool:
     return (a is None) == (b is None) and nft.normalize(a or "") == nft.normalize(b or "")
 
 
-def _differing(want: dict[str, str], live: dict[str, str]) -> list[str]:
+def differing_tables(want: dict[str, str], live: dict[str, str]) -> list[str]:
     return [n for n in nft.TABLE_NAMES if not _same(want.get(n), live.get(n))]
 
 
@@ -112,7 +112,7 @@ def apply_tables(want: dict[str, str], applier: NftApplier, *, reconcile: bool, 
     """Make our tables ``want`` (``nft.render_tables``): nothing when already in place, refuse drift unless
     reconcile/force, else one script."""
     live = applier.live()
-    differing = _differing(want, live)
+    differing = differing_tables(want, live)
     if any(n in live and n in want for n in differing):
         canon = applier.canonical({n: want[n] for n in differing if n in want and n in live})
         if canon is not None:
