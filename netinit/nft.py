@@ -17,7 +17,7 @@ import socket
 from collections.abc import Iterable, Sequence
 
 from netinit.errors import ConfigError
-from netinit.plan import OWN_CHAINS, Family, Match, Rule, RuleSet
+from netinit.plan import OWN_CHAINS, Family, Match, Rule, RuleSet, chains_in_order
 
 # Our table per iptables table, in apply order. Istio's names (tools/istio-nftables/pkg/constants).
 TABLES: dict[str, str] = {"nat": "istio-proxy-nat", "mangle": "istio-proxy-mangle", "raw": "istio-proxy-raw"}
@@ -317,18 +317,6 @@ def merge_families(v4: Sequence[Rule], v6: Sequence[Rule]) -> Merged:
     return out
 
 
-def _chain_order(rules: Iterable[Rule], table: str) -> list[str]:
-    """Base chains first (prerouting, output), then ours in first-use order."""
-    seen: list[str] = []
-    for r in rules:
-        if r.table != table:
-            continue
-        for c in (r.chain, r.target):
-            if c in OWN_CHAINS and c not in seen:
-                seen.append(c)
-    return seen
-
-
 def render_tables(ruleset: RuleSet) -> dict[str, str]:
     """Our table name -> its text, exactly as ``nft list table inet NAME`` prints it back (``counter`` without
     numbers). Only tables the plan uses."""
@@ -339,7 +327,7 @@ def render_tables(ruleset: RuleSet) -> dict[str, str]:
     out: dict[str, str] = {}
     for table, name in TABLES.items():
         base = [c for c in ("PREROUTING", "OUTPUT") if any(r.table == table and r.chain == c for r in everything)]
-        own = _chain_order(everything, table)
+        own = chains_in_order(everything, table)  # base chains come first in the rendering anyway
         unknown = {r.chain for r in everything if r.table == table} - set(base) - OWN_CHAINS
         if unknown:
             raise Untranslatable(f"netinit: --native-nftables has no base chain for {table} {sorted(unknown)}")

@@ -54,7 +54,8 @@ def parse_save(text: str) -> dict[str, TableState]:
     return tables
 
 
-def _target(spec: str) -> str | None:
+def jump_target(spec: str) -> str | None:
+    """The chain a rule spec jumps (``-j``) or goes (``-g``) to."""
     toks = spec.split()
     for i, t in enumerate(toks[:-1]):
         if t in ("-j", "-g"):
@@ -70,7 +71,7 @@ class TableDiff(NamedTuple):
 
 
 def _ours_in_builtin(specs: Iterable[str], wanted: set[str]) -> list[str]:
-    return [s for s in specs if s in wanted or _target(s) in OWN_CHAINS]
+    return [s for s in specs if s in wanted or jump_target(s) in OWN_CHAINS]
 
 
 def diff_family(rules: tuple[Rule, ...], current: dict[str, TableState]) -> list[TableDiff]:

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
 from netinit.plan import BUILTIN_CHAINS, OWN_CHAINS, TABLE_ORDER, Family, Rule, RuleSet, TableState, desired_state
-from netinit.redirect import parse_save
+from netinit.redirect import jump_target, parse_save
 
 Kind = Literal["missing", "extra", "reordered", "changed", "missing-chain", "extra-chain"]
 
@@ -144,17 +144,9 @@ def diff_rules(want: Sequence[str], have: Sequence[str], have_pos: Sequence[int]
     return sorted(edits, key=lambda e: (e.planned_pos or e.live_pos or 0, e.kind))
 
 
-def _target(spec: str) -> str | None:
-    toks = spec.split()
-    for i, t in enumerate(toks[:-1]):
-        if t in ("-j", "-g"):
-            return toks[i + 1]
-    return None
-
-
 def _has_ours(st: TableState) -> bool:
     return bool(st.own_chains()) or any(
-        _target(s) in OWN_CHAINS for ch in BUILTIN_CHAINS for s in st.chains.get(ch, [])
+        jump_target(s) in OWN_CHAINS for ch in BUILTIN_CHAINS for s in st.chains.get(ch, [])
     )
 
 
@@ -200,7 +192,7 @@ def _compare_table(fam: Family, table: str, des: TableState, cur: TableState, wa
         want = des.chains.get(chain, [])
         full = cur.chains.get(chain, [])
         wanted = set(want)
-        ours = [(n, s) for n, s in enumerate(full, 1) if s in wanted or _target(s) in OWN_CHAINS]
+        ours = [(n, s) for n, s in enumerate(full, 1) if s in wanted or jump_target(s) in OWN_CHAINS]
         if not want and not ours:
             continue
         out += [_drift(fam, table, chain, e) for e in diff_rules(want, [s for _, s in ours], [n for n, _ in ours])]
