@@ -5,7 +5,8 @@ Imported by ``netinit.__main__`` only when one of these words comes first, so th
 never pays for it. Rules come from one of three places, all as iptables-save text:
 
 - the live namespace (the current one, ``--network-namespace NAME|PATH`` or ``--pid PID``), read with
-  ``ip(6)tables-{legacy,nft}-save`` through the ``Runner`` seam;
+  ``ip(6)tables-{legacy,nft}-save`` through the ``Runner`` seam - or, when netinit's rules there are native
+  nftables tables (``--native-nftables``), with ``nft list ruleset inet``, translated back by ``nft_read``;
 - a saved dump (``--rules-file``/``--rules-file6``: iptables-save output from a bug report);
 - the plan for netinit capture flags given on the same command line (no privileges needed).
 """
@@ -153,6 +154,8 @@ def read_live(runner: Runner, forced: str | None = None) -> Rules:
     """Both families of the flavour that holds the rules (the one holding netinit's, else any, else nft).
 
     Both flavours are read because the kernel evaluates both: rules in the other one are reported, not hidden.
+    Without netinit's chains in either flavour (and no ``forced`` flavour), netinit's native nftables tables are
+    read instead when present, as the iptables rules they were rendered from.
     """
     got: dict[str, dict[Family, str]] = {}
     problems: list[str] = []
@@ -172,14 +175,17 @@ def read_live(runner: Runner, forced: str | None = None) -> Rules:
             texts[fam] = res.stdout
         else:
             got[flavor] = texts
-    if not got:
-        raise BackendError(f"netinit: cannot read the rules: {'; '.join(problems)}")
 
     def holds(flavor: str, what: str) -> bool:
         return any(line.startswith(what) for t in got[flavor].values() for line in t.splitlines())
 
     ours = [f for f in got if holds(f, ":ISTIO_")]
     anything = [f for f in got if holds(f, "-A ")]
+    native = None if ours or forced else _native_tables(runner)
+    if native:
+        return _read_native(native, anything)
+    if not got:
+        raise BackendError(f"netinit: cannot read the rules: {'; '.join(problems)}")
     flavor = (ours or anything or (["nft"] if "nft" in got else list(got)))[0]
     notes = [
         f"iptables-{other} also holds rules: the kernel evaluates both flavours, these results read only "
@@ -187,10 +193,10 @@ def read_live(runner: Runner, forced: str | None = None) -> Rules:
         for other in got
         if other != flavor and other in anything
     ]
-    if _native_nft_tables(runner):
+    if native is None and _native_nft_tables(runner):
         notes.append(
-            "this namespace also has netinit's native nftables tables (inet istio-proxy-*), which explain and show "
-            "do not read yet; check them with: netinit verify --native-nftables FLAGS"
+            "this namespace also has netinit's native nftables tables (inet istio-proxy-*), which these results do "
+            "not read (they read netinit's iptables rules); check them with: netinit verify --native-nftables FLAGS"
         )
     return Rules(got[flavor], "live", f"live rules (iptables-{flavor})", flavor, tuple(notes))
 
@@ -204,6 +210,33 @@ def _native_nft_tables(runner: Runner) -> bool:
     except BackendError:
         return False
     return res.returncode == 0 and "istio-proxy-" in res.stdout
+
+
+def _native_tables(runner: Runner) -> dict[str, str]:
+    """netinit's native nftables tables as ``nft`` lists them; none when nft is not installed or fails."""
+    from netinit.nft_applier import NftApplier, nft_binary
+
+    try:
+        return NftApplier(runner, nft_binary()).live()
+    except BackendError:
+        return {}
+
+
+def _read_native(tables: Mapping[str, str], iptables_flavors: Sequence[str]) -> Rules:
+    """Our native tables read back into the iptables rules they were rendered from (``nft_read``), so that
+    explain/show/verify read them as they read iptables; a table that is not netinit's rendering is an error."""
+    from netinit.nft_read import save_texts
+
+    texts = save_texts(tables)
+    notes = [
+        "read from netinit's native nftables tables (inet istio-proxy-*) with nft, as the iptables rules they were "
+        "rendered from; netinit verify --native-nftables FLAGS compares the tables themselves with a plan"
+    ]
+    notes += [
+        f"iptables-{f} also holds rules: the kernel evaluates them too, these results read only the native tables"
+        for f in iptables_flavors
+    ]
+    return Rules(texts, "live", "live rules (native nftables)", "native-nftables", tuple(notes))
 
 
 def _rules_from(ns: argparse.Namespace, runner: Runner) -> Rules:

@@ -31,7 +31,9 @@ def test_verify_native_nftables_clean_then_drift(netns: str) -> None:
     assert gone.returncode == 1 and "DRIFT table inet istio-proxy-nat: missing" in gone.stdout
 
 
-def test_show_and_explain_say_they_do_not_read_native_tables_yet(netns: str) -> None:
+def test_show_reads_native_tables_and_says_so(netns: str) -> None:
     assert lab.run_netinit("--network-namespace", netns, *ARGS).returncode == 0
     shown = lab.run_netinit("show", "--network-namespace", netns)
-    assert "native nftables tables (inet istio-proxy-*)" in shown.stdout + shown.stderr
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert "native nftables" in shown.stdout + shown.stderr
+    assert "-p 15001" in shown.stdout and "-z 15006" in shown.stdout
