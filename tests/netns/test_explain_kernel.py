@@ -17,7 +17,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 import pytest
@@ -26,6 +27,7 @@ from netinit import lab
 from netinit.backends import Completed
 from netinit.debug_cli import Query, build_connection, read_live
 from netinit.explain import Explanation, explain, load_tables
+from netinit.plan import Family
 
 pytestmark = pytest.mark.requires_root
 
@@ -175,9 +177,10 @@ def _start(ns: str, script: str, ports: Sequence[int]) -> lab.Proc:
     return lab.Proc(ns, [sys.executable, "-c", script, ",".join(map(str, ports))])
 
 
-@pytest.fixture(params=sorted(VARIANTS))
-def pod(request: pytest.FixtureRequest, flavor: str) -> Iterator[Pod]:
-    flags, env = VARIANTS[str(request.param)]
+@contextmanager
+def topology(flags: list[str], env: dict[str, str], backend: list[str]) -> Iterator[Pod]:
+    """Pod and peer namespaces (two links, dual stack, addresses on the peer's lo), programmed with ``flags``
+    through ``backend`` (an iptables flavour, or native nftables), listeners and servers running."""
     with lab.namespace("pod") as pod_ns, lab.namespace("peer") as peer_ns:
         for ns in (pod_ns, peer_ns):
             lab.sh("sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0", ns=ns)
@@ -188,8 +191,7 @@ def pod(request: pytest.FixtureRequest, flavor: str) -> Iterator[Pod]:
         lab.sh("ip", "route", "add", "default", "via", PEER4, ns=pod_ns)
         lab.sh("ip", "-6", "route", "add", "default", "via", PEER6, ns=pod_ns)
         args = [vc if a == "VC" else a for a in flags]
-        base = ["--network-namespace", pod_ns, "--force-iptables-binary", flavor, "--dual-stack"]
-        res = lab.run_netinit(*base, *args, env=env)
+        res = lab.run_netinit("--network-namespace", pod_ns, *backend, "--dual-stack", *args, env=env)
         assert res.returncode == 0, res.stderr
         procs = [
             _start(pod_ns, _LISTENER, LISTENER_PORTS),
@@ -201,6 +203,13 @@ def pod(request: pytest.FixtureRequest, flavor: str) -> Iterator[Pod]:
         finally:
             for p in procs:
                 p.stop()
+
+
+@pytest.fixture(params=sorted(VARIANTS))
+def pod(request: pytest.FixtureRequest, flavor: str) -> Iterator[Pod]:
+    flags, env = VARIANTS[str(request.param)]
+    with topology(flags, env, ["--force-iptables-binary", flavor]) as p:
+        yield p
 
 
 def outbound_matrix() -> list[tuple[str, int, str | None]]:
@@ -245,11 +254,18 @@ def run_matrix(p: Pod, flavor: str) -> list[tuple[Query, Explanation, dict[str, 
     runner = NetnsRunner(p.pod)
     live = read_live(runner, flavor)
     assert live.flavor == flavor
-    tables = {fam: load_tables(live.texts[fam], fam) for fam in (4, 6)}
+    return predict_and_connect(p.pod, p.peer, live.texts, runner)
+
+
+def predict_and_connect(
+    pod_ns: str, peer_ns: str, texts: Mapping[Family, str], runner: NetnsRunner
+) -> list[tuple[Query, Explanation, dict[str, Any]]]:
+    """The matrix against rules already read (``texts`` per family): (query, prediction, what happened)."""
+    tables = {fam: load_tables(texts[fam], fam) for fam in (4, 6)}
     out_conns = outbound_matrix()
     in_conns = inbound_matrix()
-    clients = [(uid, gid, _client(p.pod, out_conns, uid, gid)) for uid, gid in IDS]
-    inbound = _client(p.peer, in_conns, 0, 0)
+    clients = [(uid, gid, _client(pod_ns, out_conns, uid, gid)) for uid, gid in IDS]
+    inbound = _client(peer_ns, in_conns, 0, 0)
     rows: list[tuple[Query, Explanation, dict[str, Any]]] = []
     for uid, gid, proc in clients:
         stdout, stderr = proc.communicate(timeout=60)

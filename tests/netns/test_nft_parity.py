@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -22,56 +20,21 @@ from netinit import lab
 from .test_explain_kernel import (
     _CLIENT,
     _LISTENER,
-    _SERVER,
     IDS,
-    LISTENER_PORTS,
     PEER4,
     PEER6,
-    PEER_C4,
-    PEER_C6,
-    PEER_LO,
-    PEER_PORTS,
     POD4,
     POD6,
-    POD_C4,
-    POD_C6,
-    POD_PORTS,
     VARIANTS,
     _start,
     inbound_matrix,
     outbound_matrix,
+    topology,
 )
 
 pytestmark = pytest.mark.requires_root
 
 BACKENDS = {"iptables-nft": ["--force-iptables-binary", "nft"], "native-nft": ["--native-nftables"]}
-
-
-@contextmanager
-def topology(flags: list[str], env: dict[str, str], backend: list[str]) -> Iterator[tuple[str, str]]:
-    """test_explain_kernel's pod/peer namespaces, programmed with ``flags`` through ``backend``."""
-    with lab.namespace("pod") as pod_ns, lab.namespace("peer") as peer_ns:
-        for ns in (pod_ns, peer_ns):
-            lab.sh("sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0", ns=ns)
-        lab.link(pod_ns, f"{POD4}/24", peer_ns, f"{PEER4}/24", v6=(f"{POD6}/64", f"{PEER6}/64"))
-        vc, _vd = lab.link(pod_ns, f"{POD_C4}/24", peer_ns, f"{PEER_C4}/24", v6=(f"{POD_C6}/64", f"{PEER_C6}/64"))
-        for addr in PEER_LO:
-            lab.sh("ip", "addr", "add", addr, "dev", "lo", ns=peer_ns)
-        lab.sh("ip", "route", "add", "default", "via", PEER4, ns=pod_ns)
-        lab.sh("ip", "-6", "route", "add", "default", "via", PEER6, ns=pod_ns)
-        args = [vc if a == "VC" else a for a in flags]
-        res = lab.run_netinit("--network-namespace", pod_ns, *backend, "--dual-stack", *args, env=env)
-        assert res.returncode == 0, res.stderr
-        procs = [
-            _start(pod_ns, _LISTENER, LISTENER_PORTS),
-            _start(pod_ns, _SERVER, POD_PORTS),
-            _start(peer_ns, _SERVER, PEER_PORTS),
-        ]
-        try:
-            yield pod_ns, peer_ns
-        finally:
-            for p in procs:
-                p.stop()
 
 
 def _run(ns: str, conns: list[tuple[str, int, str | None]], uid: int, gid: int) -> list[dict[str, Any]]:
@@ -84,7 +47,7 @@ def outcomes(variant: str, backend: str) -> dict[str, str]:
     """Connection -> how it ended, e.g. ``uid=1000 -> 10.66.0.1:9090`` -> ``{"port": 15001, "orig": [...]}``."""
     flags, env = VARIANTS[variant]
     out: dict[str, str] = {}
-    with topology(flags, env, BACKENDS[backend]) as (pod_ns, peer_ns):
+    with topology(flags, env, BACKENDS[backend]) as (pod_ns, peer_ns, *_):
         for uid, gid in IDS:
             for (dst, port, src), seen in zip(
                 outbound_matrix(), _run(pod_ns, outbound_matrix(), uid, gid), strict=True

@@ -12,28 +12,18 @@ import pytest
 from netinit import lab, nft
 from netinit.config import HostFacts, config_from_flags
 from netinit.debug_cli import Query, read_live
-from netinit.explain import load_tables
 from netinit.plan import plan
 from tests.unit.test_plan import CASES
 
 from .test_explain_kernel import (
-    IDS,
     PEER4,
-    PEER6,
-    PEER_C4,
-    PEER_C6,
     POD4,
-    POD_C4,
-    POD_C6,
     VARIANTS,
     NetnsRunner,
-    _client,
     _observed,
-    _predict,
-    inbound_matrix,
-    outbound_matrix,
+    predict_and_connect,
+    topology,
 )
-from .test_nft_parity import topology
 
 pytestmark = pytest.mark.requires_root
 
@@ -129,27 +119,11 @@ def test_explain_on_native_tables_gives_the_iptables_verdicts(mode: str) -> None
 def test_explain_on_native_tables_agrees_with_the_kernel(variant: str) -> None:
     """test_explain_kernel's matrix, the rules applied with --native-nftables and read back with nft."""
     flags, env = VARIANTS[variant]
-    with topology(flags, env, ["--native-nftables"]) as (pod_ns, peer_ns):
+    with topology(flags, env, ["--native-nftables"]) as (pod_ns, peer_ns, *_):
         runner = NetnsRunner(pod_ns)
         live = read_live(runner)
         assert live.origin == NATIVE
-        tables = {fam: load_tables(live.texts[fam], fam) for fam in (4, 6)}
-        out_conns, in_conns = outbound_matrix(), inbound_matrix()
-        clients = [(uid, gid, _client(pod_ns, out_conns, uid, gid)) for uid, gid in IDS]
-        inbound = _client(peer_ns, in_conns, 0, 0)
-        rows = []
-        for uid, gid, proc in clients:
-            stdout, stderr = proc.communicate(timeout=60)
-            assert proc.returncode == 0, stderr
-            for (dst, port, src), seen in zip(out_conns, json.loads(stdout), strict=True):
-                q = Query("outbound", f"[{dst}]:{port}" if ":" in dst else f"{dst}:{port}", src, uid=uid, gid=gid)
-                rows.append((q, _predict(tables, q, runner), seen))
-        stdout, stderr = inbound.communicate(timeout=60)
-        assert inbound.returncode == 0, stderr
-        for (dst, port, _src), seen in zip(in_conns, json.loads(stdout), strict=True):
-            src = PEER_C4 if dst == POD_C4 else PEER_C6 if dst == POD_C6 else PEER4 if "." in dst else PEER6
-            q = Query("inbound", f"[{dst}]:{port}" if ":" in dst else f"{dst}:{port}", src)
-            rows.append((q, _predict(tables, q, runner), seen))
+        rows = predict_and_connect(pod_ns, peer_ns, live.texts, runner)
     mismatches = []
     for q, x, seen in rows:
         v = x.verdict
