@@ -13,66 +13,19 @@ from typing import Any
 
 from netinit.backends import Backend, RestoreApplier, Runner
 from netinit.errors import ApplyError
-from netinit.plan import Family, Match, Rule
+from netinit.plan import Family, Rule
 from netinit.redirect import parse_save
 
 
 def parse_spec(table: str, chain: str, spec: str, insert_at: int | None = None) -> Rule:
-    """Inverse of ``Rule.spec()`` for the grammar netinit writes (and iptables-save prints for it)."""
-    toks = spec.split()
-    i = 0
-    fields: dict[str, str] = {}
-    matches: list[Match] = []
-    target = ""
-    topts: list[tuple[str, str | None]] = []
-    neg = False
-    while i < len(toks):
-        t = toks[i]
-        if t == "!":
-            neg = True
-            i += 1
-            continue
-        if t in ("-s", "-d", "-i", "-o", "-p"):
-            fields[t] = ("!" if neg else "") + toks[i + 1]
-            neg = False
-            i += 2
-        elif t == "-m":
-            module = toks[i + 1]
-            i += 2
-            opts: list[tuple[str, str]] = []
-            while i < len(toks) and toks[i] not in ("-m", "-j"):
-                n = toks[i] == "!"
-                if n:
-                    i += 1
-                opts.append((toks[i][2:], ("!" if n else "") + toks[i + 1]))
-                i += 2
-            matches.append(Match(module, tuple(opts)))
-        elif t == "-j":
-            target = toks[i + 1]
-            i += 2
-            while i < len(toks):
-                name = toks[i][2:]
-                if i + 1 < len(toks) and not toks[i + 1].startswith("--"):
-                    topts.append((name, toks[i + 1]))
-                    i += 2
-                else:
-                    topts.append((name, None))
-                    i += 1
-        else:
-            raise ApplyError(f"netinit: cannot interpret rule token {t!r} in {spec!r}")
-    return Rule(
-        table,
-        chain,
-        target,
-        tuple(topts),
-        src=fields.get("-s"),
-        dst=fields.get("-d"),
-        in_iface=fields.get("-i"),
-        out_iface=fields.get("-o"),
-        proto=fields.get("-p"),
-        matches=tuple(matches),
-        insert_at=insert_at,
-    )
+    """Inverse of ``Rule.spec()``: the one parser `netinit explain` uses, strict here (libiptc gets only what
+    it can express)."""
+    from netinit.explain import parse_rule
+
+    rule, goto, problem = parse_rule(table, chain, spec)
+    if rule is None or goto:
+        raise ApplyError(f"netinit: cannot interpret rule {spec!r}: {problem or 'goto (-g) is not supported'}")
+    return rule._replace(insert_at=insert_at)
 
 
 def to_iptc(rule: Rule, iptc: Any, fam: Family) -> Any:
