@@ -600,9 +600,9 @@ def run(opts: ServeOptions, workers: int = 1) -> int:
     if opts.kube_version is None and opts.discover_kube_version:
         api_server = opts.self_managed.api_server if opts.self_managed else None
         opts = dataclasses.replace(opts, kube_version=discover_kube_version(api_server))
-    build(opts)  # fail before forking on a bad config or certificate
+    built = build(opts)  # once, before forking: a bad config fails here, and workers inherit it
     if workers <= 1:
-        _run_loop(_serve(opts, keeper, None))
+        _run_loop(_serve(opts, built, keeper, None))
         return 0
     sock = _listen(opts.host, opts.port)
     children: list[int] = []
@@ -611,7 +611,7 @@ def run(opts: ServeOptions, workers: int = 1) -> int:
         if pid == 0:  # pragma: no cover - runs in the child
             code = 0
             try:
-                _run_loop(_serve(opts, keeper if i == 0 else None, sock))  # one process renews the certificate
+                _run_loop(_serve(opts, built, keeper if i == 0 else None, sock))  # one renews the certificate
             except BaseException:  # noqa: BLE001 - report and leave with a code, never return into the parent's code
                 import traceback
 
@@ -677,11 +677,16 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def _serve(opts: ServeOptions, keeper: CertKeeper | None, sock: socket.socket | None) -> None:
+async def _serve(
+    opts: ServeOptions,
+    built: tuple[Webhook, ssl.SSLContext],
+    keeper: CertKeeper | None,
+    sock: socket.socket | None,
+) -> None:
     """One serving process, until signalled."""
     import uvicorn
 
-    webhook, ctx = build(opts)
+    webhook, ctx = built
     app = create_app(webhook, opts.body_timeout)
     config = uvicorn.Config(
         app,
