@@ -223,9 +223,7 @@ def render(req: Request, names: list[str], pod: Obj, s: Settings, native: bool, 
     for name in names:
         try:
             module = env.get_template(name).make_module(ctx)
-        except TemplateError:
-            raise
-        except jinja2.TemplateError as e:
+        except jinja2.TemplateError as e:  # refuse() raises our TemplateError, which passes through
             raise TemplateBroken(f"template {name!r} failed to render: {e}") from e
         docs.append(_parse_rendered(req.config, name, str(module)))
         rewrite = rewrite or bool(getattr(module, "rewrite_app_probes", False))
