@@ -7,11 +7,11 @@ bootstrap:
 	@scripts/bootstrap.sh
 
 demo: bootstrap
-	$(PY) -m injector.demo
+	$(PY) -m lab.demo
 
 lint: bootstrap
-	$(PY) -m ruff check netinit injector tests
-	$(PY) -m ruff format --check netinit injector tests
+	$(PY) -m ruff check netinit injector lab tests
+	$(PY) -m ruff format --check netinit injector lab tests
 
 typecheck: bootstrap
 	$(PY) -m mypy

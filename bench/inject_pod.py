@@ -18,8 +18,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from injector.config import InjectorConfig, load_config
-from injector.inject import Request, inject
+from injector.core.config import InjectorConfig, load_config
+from injector.core.inject import Request, inject
 
 
 def make_pod(containers: int, env: int, template: str, blob: int = 0) -> dict[str, Any]:

@@ -19,12 +19,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from netinit import lab, nft
-from netinit.config import config_from_flags
-from netinit.plan import plan
-from netinit.redirect import render_apply
+from lab import netlab
+from netinit.apply.engine import render_apply
+from netinit.core.config import config_from_flags
+from netinit.core.plan import plan
+from netinit.rules import nft
 
-ARGS = list(lab.SIDECAR_ARGS)
+ARGS = list(netlab.SIDECAR_ARGS)
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -77,7 +78,7 @@ def main() -> None:
                         continue  # python-iptables writes legacy tables only
                     xs = []
                     for _ in range(n):
-                        with lab.namespace("bench") as ns:
+                        with netlab.namespace("bench") as ns:
                             if what == "iptables-restore":
                                 argv = ["ip", "netns", "exec", ns, f"iptables-{flavor}-restore", "--noflush"]
                                 xs.append(timed(argv, payload))
@@ -93,7 +94,7 @@ def main() -> None:
             for what in ("nft -f", "netinit --native-nftables"):
                 xs = []
                 for _ in range(n):
-                    with lab.namespace("bench") as ns:
+                    with netlab.namespace("bench") as ns:
                         if what == "nft -f":
                             xs.append(timed(["ip", "netns", "exec", ns, "nft", "-f", "-"], script))
                         else:

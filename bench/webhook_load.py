@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from injector import certs
+from injector.certs import crypto
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -168,8 +168,8 @@ def main() -> None:
     ensure_wrk()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        ca = certs.make_ca()
-        pair = certs.make_serving_cert(ca, "sidecar-injector", "sidecar-injector", extra_sans=["127.0.0.1"])
+        ca = crypto.make_ca()
+        pair = crypto.make_serving_cert(ca, "sidecar-injector", "sidecar-injector", extra_sans=["127.0.0.1"])
         (tmp / "ca.crt").write_bytes(ca.cert_pem)
         (tmp / "tls.crt").write_bytes(pair.cert_pem)
         (tmp / "tls.key").write_bytes(pair.key_pem)

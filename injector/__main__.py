@@ -13,9 +13,9 @@ import re
 import sys
 from collections.abc import Sequence
 
-from .config import NATIVE_MODES, load_config
-from .errors import ConfigError, Refused
-from .inject import check_config
+from injector.core.config import NATIVE_MODES, load_config
+from injector.core.inject import check_config
+from injector.errors import ConfigError, Refused
 
 
 def _kube_version(value: str) -> tuple[int, int]:
@@ -41,9 +41,9 @@ def parser() -> argparse.ArgumentParser:
         type=_kube_version,
         help="Kubernetes version of the target cluster, for --native-sidecar auto (unknown: legacy layout)",
     )
-    from . import certs
+    from injector.certs import crypto
 
-    certs.add_parser(sub)
+    crypto.add_parser(sub)
     s = sub.add_parser("serve", help="serve the admission webhook over HTTPS")
     s.add_argument("--port", type=int, default=9443)
     s.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all)")
@@ -73,8 +73,8 @@ def serve(args: argparse.Namespace) -> int:
     import ssl
     from pathlib import Path
 
-    from .kube import KubeError
-    from .webhook import SelfManaged, ServeOptions, configure_logging, run
+    from injector.certs.kube import KubeError
+    from injector.server.webhook import SelfManaged, ServeOptions, configure_logging, run
 
     self_managed = None
     if args.cert_secret:
@@ -128,7 +128,7 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def kube_inject(args: argparse.Namespace) -> int:
-    from .workloads import Options, inject_text
+    from injector.core.workloads import Options, inject_text
 
     try:
         config = check_config(load_config(args.config_dir))
@@ -160,9 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         return serve(args)
     if args.command == "certs":
-        from . import certs
+        from injector.certs import crypto
 
-        return certs.run(args)
+        return crypto.run(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

@@ -3,7 +3,7 @@
 Exit codes: 0 done (or already in place), 2 bad input (nothing touched), 1 apply failed (rolled back),
 126 validation failed.
 
-``netinit explain|show|verify ...`` are the debugging commands (netinit.debug_cli), imported only when that word
+``netinit explain|show|verify ...`` are the debugging commands (netinit.debug.cli), imported only when that word
 comes first: istio-iptables takes no positional arguments, so the flag form is unaffected.
 """
 
@@ -15,12 +15,12 @@ import pwd
 import sys
 from collections.abc import Mapping, Sequence
 
-from netinit import netns
-from netinit.backends import Applier, RestoreApplier, Runner, SubprocessRunner, detect_backend
-from netinit.config import CaptureConfig, HostFacts, RunOptions, parse_options, resolve
+from netinit.apply import netns
+from netinit.apply.engine import cleanup, render_apply
+from netinit.apply.iptables import Applier, RestoreApplier, Runner, SubprocessRunner, detect_backend
+from netinit.core.config import CaptureConfig, HostFacts, RunOptions, parse_options, resolve
+from netinit.core.plan import RuleSet, plan
 from netinit.errors import ApplyError, ConfigError, NetinitError
-from netinit.plan import RuleSet, plan
-from netinit.redirect import cleanup, render_apply
 
 
 def _log(msg: str) -> None:
@@ -52,7 +52,7 @@ def _names(raw_values: Mapping[str, str]) -> tuple[dict[str, int], dict[str, int
 
 def make_applier(name: str, forced: str | None, runner: Runner) -> Applier:
     if name == "iptc":
-        from netinit.iptc_applier import IptcApplier  # lazy: libiptc costs ~200 ms to import
+        from netinit.apply.iptc import IptcApplier  # lazy: libiptc costs ~200 ms to import
 
         return IptcApplier(runner)
     backend, probed_v4 = detect_backend(runner, forced)
@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     env = os.environ if env is None else env
     runner = runner or SubprocessRunner()
     if argv and argv[0] in ("explain", "show", "verify"):
-        from netinit import debug_cli  # lazy: the apply path never imports the debugging commands
+        from netinit.debug import cli as debug_cli  # lazy: the apply path never imports the debugging commands
 
         return debug_cli.run(argv[0], argv[1:], env, runner)
     try:
@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             )
         nft_tables = None
         if run.native_nftables:
-            from netinit import nft  # lazy: the iptables path never imports the nftables modules
+            from netinit.rules import nft  # lazy: the iptables path never imports the nftables modules
 
             nft_tables = nft.render_tables(ruleset)  # untranslatable rules are refused here, before any I/O
             if run.dry_run:
@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
                 print("# EOF")
             return 0
 
-        from netinit import lock
+        from netinit.apply import lock
 
         held = lock.acquire()  # one netinit per namespace from snapshot to the end of the apply
         try:
@@ -135,9 +135,9 @@ def _act(
     the plan rendered for ``--native-nftables``."""
     if run.cleanup_only:
         if run.native_nftables:
-            from netinit import nft_applier  # lazy: the iptables path never imports the nftables modules
+            from netinit.apply import nftables  # lazy: the iptables path never imports the nftables modules
 
-            _log(nft_applier.cleanup(nft_applier.NftApplier(runner, nft_applier.nft_binary())))
+            _log(nftables.cleanup(nftables.NftApplier(runner, nftables.nft_binary())))
             return
         applier = make_applier(run.applier, run.force_iptables_binary, runner)
         full = plan(cfg._replace(enable_ipv6=True))
@@ -147,20 +147,20 @@ def _act(
     if not run.skip_rule_apply:
         families = ", ".join(f"IPv{f}" for f in ruleset.families())
         if nft_tables is not None:
-            from netinit import nft_applier
+            from netinit.apply import nftables
 
-            nft = nft_applier.NftApplier(runner, nft_applier.nft_binary())
+            nft = nftables.NftApplier(runner, nftables.nft_binary())
             _log(f"backend: native nftables via {nft.nft} -f; families: {families}")
-            _log(nft_applier.apply_tables(nft_tables, nft, reconcile=run.reconcile, force=run.force_apply, log=_log))
+            _log(nftables.apply_tables(nft_tables, nft, reconcile=run.reconcile, force=run.force_apply, log=_log))
         else:
-            from netinit.redirect import apply_ruleset
+            from netinit.apply.engine import apply_ruleset
 
             applier = make_applier(run.applier, run.force_iptables_binary, runner)
             _log(f"backend: iptables-{applier.backend.flavor} via {applier.name}; families: {families}")
             _log(apply_ruleset(ruleset, applier, reconcile=run.reconcile, force=run.force_apply, log=_log))
         _post_apply(cfg, runner)
     if run.run_validation:
-        from netinit.validate import validate
+        from netinit.apply.validate import validate
 
         if validate(cfg, _log):
             _log("validation passed: outbound capture and proxy bypass work")

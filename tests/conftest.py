@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from netinit import lab
+from lab import netlab
 
 STRICT = os.environ.get("NETINIT_REQUIRE_NETNS_TESTS") == "1"
 
@@ -37,7 +37,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture
 def netns() -> Iterator[str]:
-    with lab.namespace("t") as name:
+    with netlab.namespace("t") as name:
         yield name
 
 

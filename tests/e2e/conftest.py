@@ -13,7 +13,7 @@ from typing import Any
 import kubernetes_validate  # noqa: F401 - a hard requirement here: admit() schema-checks every injected pod
 import pytest
 
-from injector import podlab
+from lab import podlab
 
 ENABLED = {"istio-injection": "enabled"}
 

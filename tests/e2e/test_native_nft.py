@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from injector import podlab
-from netinit import nft
+from lab import podlab
+from netinit.rules import nft
 
 from .conftest import delta, inject, make_pod
 from .test_pod import CAPTURE, INBOUND, L_INBOUND, L_OUTBOUND, OUTBOUND

@@ -1,7 +1,7 @@
 """An injected pod comes alive: the real webhook admits it, netinit programs its namespace, a real Envoy carries
 its traffic. For both iptables backends (the ``flavor`` fixture).
 
-Topology (injector.podlab): the pod's namespace (10.89.0.2, default route via the client) <-veth-> the client
+Topology (lab.podlab): the pod's namespace (10.89.0.2, default route via the client) <-veth-> the client
 namespace (10.89.0.1: the node that probes, and every other workload). Envoy's admin /stats is read before and
 after each request: counters are immediate, and they say which listener and cluster carried the connection.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from injector import podlab
+from lab import podlab
 
 from .conftest import ENABLED, delta, inject, make_pod
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from injector.config import load_config
+from injector.core.config import load_config
+from injector.core.inject import check_config
 from injector.errors import ConfigError
-from injector.inject import check_config
-from injector.webhook import Metrics, Reloader, Webhook
+from injector.server.webhook import Metrics, Reloader, Webhook
 
 REVIEW = json.dumps(
     {

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from injector.config import load_config
-from injector.webhook import MAX_BODY, Metrics, Reloader, Webhook
+from injector.core.config import load_config
+from injector.server.webhook import MAX_BODY, Metrics, Reloader, Webhook
 
 CASES = {"n": 0}
 
@@ -37,7 +37,7 @@ ANY_JSON = st.recursive(
     max_leaves=25,
 )
 ODD_TEXT = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",)) | st.sampled_from(["\u202e", "\ufeff", "\x00", "\n", "'", "{"])
+    alphabet=st.characters(exclude_categories=["Cs"]) | st.sampled_from(["\u202e", "\ufeff", "\x00", "\n", "'", "{"])
 ) | st.sampled_from(["{{ values }}", "{% raw %}", "a\n  command: [sh]", "x" * 5000])
 
 

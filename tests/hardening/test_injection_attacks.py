@@ -15,10 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from injector import annotations as A
-from injector.config import load_config
+from injector.core import annotations as A
+from injector.core.config import load_config
+from injector.core.inject import Request, inject
 from injector.errors import AnnotationError
-from injector.inject import Request, inject
 
 CFG = load_config(env={})
 K8S = kubernetes_validate.latest_version()

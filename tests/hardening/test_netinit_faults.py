@@ -10,14 +10,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from netinit import lab, netns
-from netinit.config import HostFacts, config_from_flags
-from netinit.plan import desired_state, plan
-from netinit.redirect import parse_save
+from lab import netlab
+from netinit.apply import netns
+from netinit.apply.engine import parse_save
+from netinit.core.config import HostFacts, config_from_flags
+from netinit.core.plan import desired_state, plan
 
 pytestmark = pytest.mark.requires_root
 
-ARGS = list(lab.SIDECAR_ARGS)
+ARGS = list(netlab.SIDECAR_ARGS)
 FOREIGN = """*nat
 :CNI-HOSTPORT-DNAT - [0:0]
 :CNI-SNAT - [0:0]
@@ -31,7 +32,7 @@ COMMIT
 
 
 def netinit(ns: str, flavor: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return lab.run_netinit("--network-namespace", ns, "--force-iptables-binary", flavor, *args, env=env)
+    return netlab.run_netinit("--network-namespace", ns, "--force-iptables-binary", flavor, *args, env=env)
 
 
 BUILTIN = {"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"}
@@ -41,27 +42,27 @@ def non_empty(save_text: str) -> dict[str, dict[str, list[str]]]:
     """Tables and chains, minus empty built-in chains (and so tables holding nothing else)."""
     return {
         table: {chain: rules for chain, rules in st_.chains.items() if rules or chain not in BUILTIN}
-        for table, st_ in parse_save(lab.strip_save(save_text)).items()
+        for table, st_ in parse_save(netlab.strip_save(save_text)).items()
         if any(st_.chains.values())
     }
 
 
 def foreign_lines(text: str) -> list[str]:
-    return [ln for ln in lab.strip_save(text).splitlines() if "CNI" in ln]
+    return [ln for ln in netlab.strip_save(text).splitlines() if "CNI" in ln]
 
 
 def test_missing_iptables_is_a_clear_diagnosis_and_touches_nothing(netns: str, flavor: str) -> None:
-    before = lab.iptables_save(netns, flavor)
+    before = netlab.iptables_save(netns, flavor)
     env = {**os.environ, "PATH": "/nonexistent"}
-    res = lab.run_netinit("--network-namespace", netns, *ARGS, env=env)
+    res = netlab.run_netinit("--network-namespace", netns, *ARGS, env=env)
     assert res.returncode == 1
     assert "iptables-legacy-save" in res.stderr and "iptables-nft-save" in res.stderr and "not found" in res.stderr
-    assert lab.iptables_save(netns, flavor) == before
+    assert netlab.iptables_save(netns, flavor) == before
 
 
 def test_foreign_rules_survive_apply_reapply_reconcile_and_cleanup(netns: str, flavor: str) -> None:
-    lab.sh(f"iptables-{flavor}-restore", "--noflush", ns=netns, input=FOREIGN)
-    cni = foreign_lines(lab.iptables_save(netns, flavor))
+    netlab.sh(f"iptables-{flavor}-restore", "--noflush", ns=netns, input=FOREIGN)
+    cni = foreign_lines(netlab.iptables_save(netns, flavor))
     assert len(cni) == 7
     steps = [
         (ARGS, "apply"),
@@ -72,8 +73,8 @@ def test_foreign_rules_survive_apply_reapply_reconcile_and_cleanup(netns: str, f
     for args, what in steps:
         res = netinit(netns, flavor, *args)
         assert res.returncode == 0, f"{what}: {res.stderr}"
-        assert foreign_lines(lab.iptables_save(netns, flavor)) == cni, what
-    assert "ISTIO" not in lab.iptables_save(netns, flavor)
+        assert foreign_lines(netlab.iptables_save(netns, flavor)) == cni, what
+    assert "ISTIO" not in netlab.iptables_save(netns, flavor)
 
 
 PORTS = st.lists(st.integers(1, 65535).map(str), min_size=1, max_size=3, unique=True).map(",".join)
@@ -103,12 +104,12 @@ def flag_sets(draw: st.DrawFn) -> list[str]:
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(flag_sets())
 def test_plan_apply_save_is_a_fixed_point_and_cleanup_restores(flavor: str, args: list[str]) -> None:
-    with lab.namespace("hx") as ns:
-        lab.sh(f"iptables-{flavor}-restore", "--noflush", ns=ns, input=FOREIGN)
-        before = lab.strip_save(lab.iptables_save(ns, flavor))
+    with netlab.namespace("hx") as ns:
+        netlab.sh(f"iptables-{flavor}-restore", "--noflush", ns=ns, input=FOREIGN)
+        before = netlab.strip_save(netlab.iptables_save(ns, flavor))
         res = netinit(ns, flavor, *args)
         assert res.returncode == 0, res.stderr
-        live = parse_save(lab.strip_save(lab.iptables_save(ns, flavor)))
+        live = parse_save(netlab.strip_save(netlab.iptables_save(ns, flavor)))
         # What netinit saw in that namespace: no global address, the host's resolv.conf (no /etc/netns/NS).
         facts = HostFacts(has_global_ipv4=False, dns_servers=netns.nameservers(netns.resolv_conf_for(ns)))
         for table, st_ in desired_state(plan(config_from_flags(args, facts=facts)).v4).items():
@@ -123,14 +124,14 @@ def test_plan_apply_save_is_a_fixed_point_and_cleanup_restores(flavor: str, args
         gone = netinit(ns, flavor, *args, "--cleanup-only")
         assert gone.returncode == 0, gone.stderr
         # Exactly as before, except that a table netinit touched may now exist with empty built-in chains.
-        assert non_empty(lab.iptables_save(ns, flavor)) == non_empty(before)
+        assert non_empty(netlab.iptables_save(ns, flavor)) == non_empty(before)
 
 
 def test_concurrent_runs_against_one_namespace_all_finish_correctly(netns: str, flavor: str) -> None:
     """A restarted init container racing its predecessor: every run exits 0 and the rules are there once."""
     procs = [
         subprocess.Popen(
-            [*lab.netinit_cmd(), "--network-namespace", netns, "--force-iptables-binary", flavor, *ARGS],
+            [*netlab.netinit_cmd(), "--network-namespace", netns, "--force-iptables-binary", flavor, *ARGS],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -141,7 +142,7 @@ def test_concurrent_runs_against_one_namespace_all_finish_correctly(netns: str, 
     assert [rc for rc, _ in results] == [0] * 8, [err for rc, err in results if rc]
     assert sum("capture rules applied" in err for _, err in results) == 1
     assert sum("already in place" in err for _, err in results) == 7
-    live = parse_save(lab.strip_save(lab.iptables_save(netns, flavor)))
+    live = parse_save(netlab.strip_save(netlab.iptables_save(netns, flavor)))
     expected = desired_state(plan(config_from_flags(ARGS, facts=HostFacts(has_global_ipv4=False))).v4)
     for table, st_ in expected.items():
         for chain, specs in st_.chains.items():

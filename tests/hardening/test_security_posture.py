@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
-from injector.config import load_config
-from injector.inject import Request, inject
-from injector.kube import ClientKubeApi, ensure_serving_cert
+from injector.certs.kube import ClientKubeApi, ensure_serving_cert
+from injector.core.config import load_config
+from injector.core.inject import Request, inject
 from tests.kube_server import running
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,16 +8,16 @@ from collections.abc import Sequence
 
 import pytest
 
-from netinit import lab
+from lab import netlab
 from netinit.__main__ import main
-from netinit.backends import Completed, SubprocessRunner
-from netinit.config import config_from_flags
-from netinit.plan import desired_state, plan
-from netinit.redirect import parse_save
+from netinit.apply.engine import parse_save
+from netinit.apply.iptables import Completed, SubprocessRunner
+from netinit.core.config import config_from_flags
+from netinit.core.plan import desired_state, plan
 
 pytestmark = pytest.mark.requires_root
 
-ISTIO_DEFAULT = list(lab.SIDECAR_ARGS)
+ISTIO_DEFAULT = list(netlab.SIDECAR_ARGS)
 FULL = [
     *ISTIO_DEFAULT,
     "-q",
@@ -35,11 +35,11 @@ FULL = [
 
 
 def netinit(ns: str, flavor: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return lab.run_netinit("--network-namespace", ns, "--force-iptables-binary", flavor, *args)
+    return netlab.run_netinit("--network-namespace", ns, "--force-iptables-binary", flavor, *args)
 
 
 def save(ns: str, flavor: str, fam: int = 4) -> str:
-    return lab.strip_save(lab.iptables_save(ns, flavor, fam))
+    return netlab.strip_save(netlab.iptables_save(ns, flavor, fam))
 
 
 def assert_matches_plan(ns: str, flavor: str, args: Sequence[str], fam: int = 4) -> None:
@@ -73,8 +73,8 @@ def test_apply_reads_back_as_planned_and_rerun_is_noop(netns: str, flavor: str, 
 
 def test_drift_refused_without_reconcile_then_replaced(netns: str, flavor: str) -> None:
     assert netinit(netns, flavor, *ISTIO_DEFAULT).returncode == 0
-    lab.sh(f"iptables-{flavor}", "-t", "nat", "-D", "ISTIO_OUTPUT", "-d", "127.0.0.1/32", "-j", "RETURN", ns=netns)
-    lab.sh(
+    netlab.sh(f"iptables-{flavor}", "-t", "nat", "-D", "ISTIO_OUTPUT", "-d", "127.0.0.1/32", "-j", "RETURN", ns=netns)
+    netlab.sh(
         f"iptables-{flavor}",
         "-t",
         "nat",
@@ -119,11 +119,11 @@ def test_changed_flags_reconcile_removes_stale_chains(netns: str, flavor: str) -
 
 def test_cleanup_removes_ours_and_keeps_foreign_rules(netns: str, flavor: str) -> None:
     ipt = f"iptables-{flavor}"
-    lab.sh(ipt, "-t", "nat", "-N", "CNI_CHAIN", ns=netns)
-    lab.sh(ipt, "-t", "nat", "-A", "CNI_CHAIN", "-p", "tcp", "--dport", "8443", "-j", "RETURN", ns=netns)
-    lab.sh(ipt, "-t", "nat", "-A", "PREROUTING", "-j", "CNI_CHAIN", ns=netns)
-    lab.sh(ipt, "-t", "nat", "-A", "OUTPUT", "-o", "eth1", "-j", "RETURN", ns=netns)
-    lab.sh(ipt, "-t", "mangle", "-A", "PREROUTING", "-p", "udp", "-j", "MARK", "--set-mark", "7", ns=netns)
+    netlab.sh(ipt, "-t", "nat", "-N", "CNI_CHAIN", ns=netns)
+    netlab.sh(ipt, "-t", "nat", "-A", "CNI_CHAIN", "-p", "tcp", "--dport", "8443", "-j", "RETURN", ns=netns)
+    netlab.sh(ipt, "-t", "nat", "-A", "PREROUTING", "-j", "CNI_CHAIN", ns=netns)
+    netlab.sh(ipt, "-t", "nat", "-A", "OUTPUT", "-o", "eth1", "-j", "RETURN", ns=netns)
+    netlab.sh(ipt, "-t", "mangle", "-A", "PREROUTING", "-p", "udp", "-j", "MARK", "--set-mark", "7", ns=netns)
     before = save(netns, flavor)
     assert netinit(netns, flavor, *FULL, "-m", "TPROXY").returncode == 0
     assert "ISTIO_" in save(netns, flavor)
@@ -176,10 +176,10 @@ def _in_netns(ns: str, code: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_v6_failure_rolls_back_both_families(flavor: str) -> None:
-    with lab.namespace("t") as a, lab.namespace("t") as b:
-        lab.link(a, "10.77.0.2/24", b, "10.77.0.1/24", v6=("fd77::2/64", "fd77::1/64"))
-        lab.sh(f"iptables-{flavor}", "-t", "nat", "-A", "OUTPUT", "-d", "10.9.9.9/32", "-j", "RETURN", ns=a)
-        lab.sh(f"ip6tables-{flavor}", "-t", "nat", "-A", "OUTPUT", "-d", "fd99::9/128", "-j", "RETURN", ns=a)
+    with netlab.namespace("t") as a, netlab.namespace("t") as b:
+        netlab.link(a, "10.77.0.2/24", b, "10.77.0.1/24", v6=("fd77::2/64", "fd77::1/64"))
+        netlab.sh(f"iptables-{flavor}", "-t", "nat", "-A", "OUTPUT", "-d", "10.9.9.9/32", "-j", "RETURN", ns=a)
+        netlab.sh(f"ip6tables-{flavor}", "-t", "nat", "-A", "OUTPUT", "-d", "fd99::9/128", "-j", "RETURN", ns=a)
         v4_before, v6_before = save(a, flavor, 4), save(a, flavor, 6)
         code = (
             "import sys\n"
@@ -194,7 +194,7 @@ def test_v6_failure_rolls_back_both_families(flavor: str) -> None:
         assert save(a, flavor, 4) == v4_before
         assert save(a, flavor, 6) == v6_before
         # Without the fault the same run applies both families.
-        ok = lab.run_netinit(
+        ok = netlab.run_netinit(
             "--network-namespace", a, "--force-iptables-binary", flavor, "--dual-stack", *ISTIO_DEFAULT
         )
         assert ok.returncode == 0, ok.stderr
@@ -208,7 +208,7 @@ def test_pid_targets_the_process_namespace(netns: str, flavor: str) -> None:
         import time
 
         time.sleep(0.2)
-        res = lab.run_netinit("--pid", str(sleeper.pid), "--force-iptables-binary", flavor, *ISTIO_DEFAULT)
+        res = netlab.run_netinit("--pid", str(sleeper.pid), "--force-iptables-binary", flavor, *ISTIO_DEFAULT)
         assert res.returncode == 0, res.stderr
         assert_matches_plan(netns, flavor, ISTIO_DEFAULT)
     finally:
@@ -217,7 +217,7 @@ def test_pid_targets_the_process_namespace(netns: str, flavor: str) -> None:
 
 
 def test_missing_namespace_is_a_clear_error() -> None:
-    res = lab.run_netinit("--network-namespace", "no-such-ns-xyz", *ISTIO_DEFAULT)
+    res = netlab.run_netinit("--network-namespace", "no-such-ns-xyz", *ISTIO_DEFAULT)
     assert res.returncode == 2
     assert "no-such-ns-xyz" in res.stderr
 
@@ -226,5 +226,5 @@ def test_in_process_main_applies_in_current_namespace(netns: str) -> None:
     code = f"import sys; from netinit.__main__ import main; sys.exit(main({ISTIO_DEFAULT!r}, {{}}))"
     res = _in_netns(netns, code)
     assert res.returncode == 0, res.stderr
-    assert "ISTIO_INBOUND" in lab.sh("iptables-save", ns=netns).stdout or "ISTIO_INBOUND" in save(netns, "legacy")
+    assert "ISTIO_INBOUND" in netlab.sh("iptables-save", ns=netns).stdout or "ISTIO_INBOUND" in save(netns, "legacy")
     assert main is not None

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from injector.envoy_bootstrap import bootstrap
-from netinit import lab
+from injector.core.envoy_bootstrap import bootstrap
+from lab import netlab
 from tests.envoy_bin import envoy_binary
 
 pytestmark = pytest.mark.requires_root
@@ -29,7 +29,7 @@ ADMIN = "http://127.0.0.1:15000"
 
 def curl(ns: str, url: str) -> tuple[int, str]:
     """(HTTP status, stripped body) of a GET from inside ``ns``; status 0 when nothing answered in time."""
-    res = lab.sh("curl", "-s", "-m", "2", "-w", "\n%{http_code}", url, ns=ns, check=False)
+    res = netlab.sh("curl", "-s", "-m", "2", "-w", "\n%{http_code}", url, ns=ns, check=False)
     body, _, code = res.stdout.rpartition("\n")
     return int(code or 0), body.strip()
 
@@ -76,7 +76,7 @@ def test_envoy_answers_readiness_and_metrics_as_the_proxy_uid(netns: str, tmp_pa
 def test_dialling_a_capture_port_directly_is_black_holed_not_looped(netns: str, tmp_path: Path) -> None:
     with envoy(netns, tmp_path / "envoy.log"):
         for port in (15001, 15006):
-            assert lab.connect(netns, "127.0.0.1", port, uid=1000) == ""  # closed at once, no echo from anywhere
+            assert netlab.connect(netns, "127.0.0.1", port, uid=1000) == ""  # closed at once, no echo from anywhere
         s = stats(netns)
         assert s["cluster.BlackHoleCluster.upstream_cx_none_healthy"] == "2"
         assert s["cluster.PassthroughCluster.upstream_cx_total"] == "0"
@@ -86,19 +86,19 @@ def test_dialling_a_capture_port_directly_is_black_holed_not_looped(netns: str, 
 
 def test_captured_traffic_is_carried_by_envoy(netns: str, tmp_path: Path) -> None:
     pod = netns
-    with lab.namespace("peer") as peer:
-        lab.link(pod, f"{POD}/24", peer, f"{PEER}/24")
-        res = lab.run_netinit(*lab.SIDECAR_ARGS, "--network-namespace", pod)
+    with netlab.namespace("peer") as peer:
+        netlab.link(pod, f"{POD}/24", peer, f"{PEER}/24")
+        res = netlab.run_netinit(*netlab.SIDECAR_ARGS, "--network-namespace", pod)
         assert res.returncode == 0, res.stderr
-        app = lab.plain_server(pod, "0.0.0.0", 8080, uid=1000)
-        remote = lab.plain_server(peer, "0.0.0.0", 9090, uid=1000)
+        app = netlab.plain_server(pod, "0.0.0.0", 8080, uid=1000)
+        remote = netlab.plain_server(peer, "0.0.0.0", 9090, uid=1000)
         try:
             with envoy(pod, tmp_path / "envoy.log"):
                 before = stats(pod)
                 # Outbound from the app uid: captured to 15001, forwarded to the original destination from the pod IP.
-                assert lab.connect(pod, PEER, 9090, uid=1000).startswith(f"direct:{POD}:")
+                assert netlab.connect(pod, PEER, 9090, uid=1000).startswith(f"direct:{POD}:")
                 # Inbound from the peer: captured to 15006, delivered to the app from 127.0.0.6 (not re-captured).
-                assert lab.connect(peer, POD, 8080).startswith("direct:127.0.0.6:")
+                assert netlab.connect(peer, POD, 8080).startswith("direct:127.0.0.6:")
                 # The kubelet's probe port is excluded from capture and still answers from outside.
                 assert curl(peer, f"http://{POD}:15021/healthz/ready") == (200, "LIVE")
                 after = stats(pod)

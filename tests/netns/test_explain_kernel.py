@@ -9,7 +9,7 @@ destination; plain servers answer "direct" with the address they were reached at
 
 Every connection of a batch runs in one client process per uid/gid (0, 1000, 1337, and 1000 with gid 2000),
 so a whole matrix costs a handful of process starts. Rules are read once per namespace with the same edge code
-the CLI uses (``debug_cli.read_live``, ``debug_cli.build_connection`` -> ``ip route get`` in the namespace).
+the CLI uses (``netinit.debug.cli.read_live``, ``build_connection`` -> ``ip route get`` in the namespace).
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from netinit import lab
-from netinit.backends import Completed
-from netinit.debug_cli import Query, build_connection, read_live
-from netinit.explain import Explanation, explain, load_tables
-from netinit.plan import Family
+from lab import netlab
+from netinit.apply.iptables import Completed
+from netinit.core.plan import Family
+from netinit.debug.cli import Query, build_connection, read_live
+from netinit.debug.explain import Explanation, explain, load_tables
 
 pytestmark = pytest.mark.requires_root
 
@@ -173,25 +173,25 @@ class Pod(NamedTuple):
     env: dict[str, str]
 
 
-def _start(ns: str, script: str, ports: Sequence[int]) -> lab.Proc:
-    return lab.Proc(ns, [sys.executable, "-c", script, ",".join(map(str, ports))])
+def _start(ns: str, script: str, ports: Sequence[int]) -> netlab.Proc:
+    return netlab.Proc(ns, [sys.executable, "-c", script, ",".join(map(str, ports))])
 
 
 @contextmanager
 def topology(flags: list[str], env: dict[str, str], backend: list[str]) -> Iterator[Pod]:
     """Pod and peer namespaces (two links, dual stack, addresses on the peer's lo), programmed with ``flags``
     through ``backend`` (an iptables flavour, or native nftables), listeners and servers running."""
-    with lab.namespace("pod") as pod_ns, lab.namespace("peer") as peer_ns:
+    with netlab.namespace("pod") as pod_ns, netlab.namespace("peer") as peer_ns:
         for ns in (pod_ns, peer_ns):
-            lab.sh("sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0", ns=ns)
-        lab.link(pod_ns, f"{POD4}/24", peer_ns, f"{PEER4}/24", v6=(f"{POD6}/64", f"{PEER6}/64"))
-        vc, _vd = lab.link(pod_ns, f"{POD_C4}/24", peer_ns, f"{PEER_C4}/24", v6=(f"{POD_C6}/64", f"{PEER_C6}/64"))
+            netlab.sh("sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0", ns=ns)
+        netlab.link(pod_ns, f"{POD4}/24", peer_ns, f"{PEER4}/24", v6=(f"{POD6}/64", f"{PEER6}/64"))
+        vc, _vd = netlab.link(pod_ns, f"{POD_C4}/24", peer_ns, f"{PEER_C4}/24", v6=(f"{POD_C6}/64", f"{PEER_C6}/64"))
         for addr in PEER_LO:
-            lab.sh("ip", "addr", "add", addr, "dev", "lo", ns=peer_ns)
-        lab.sh("ip", "route", "add", "default", "via", PEER4, ns=pod_ns)
-        lab.sh("ip", "-6", "route", "add", "default", "via", PEER6, ns=pod_ns)
+            netlab.sh("ip", "addr", "add", addr, "dev", "lo", ns=peer_ns)
+        netlab.sh("ip", "route", "add", "default", "via", PEER4, ns=pod_ns)
+        netlab.sh("ip", "-6", "route", "add", "default", "via", PEER6, ns=pod_ns)
         args = [vc if a == "VC" else a for a in flags]
-        res = lab.run_netinit("--network-namespace", pod_ns, *backend, "--dual-stack", *args, env=env)
+        res = netlab.run_netinit("--network-namespace", pod_ns, *backend, "--dual-stack", *args, env=env)
         assert res.returncode == 0, res.stderr
         procs = [
             _start(pod_ns, _LISTENER, LISTENER_PORTS),
@@ -311,11 +311,13 @@ def test_explain_agrees_with_the_kernel(pod: Pod, flavor: str) -> None:
 
 def test_cli_on_live_namespace_matches_the_in_process_prediction(flavor: str) -> None:
     """The subprocess CLI (setns, backend detection, route lookup) says what the in-process walk says."""
-    with lab.namespace("pod") as pod_ns, lab.namespace("peer") as peer_ns:
-        lab.link(pod_ns, f"{POD4}/24", peer_ns, f"{PEER4}/24")
-        lab.sh("ip", "route", "add", "default", "via", PEER4, ns=pod_ns)
-        args = [*lab.SIDECAR_ARGS, "-x", "10.70.0.0/16"]
-        assert lab.run_netinit("--network-namespace", pod_ns, "--force-iptables-binary", flavor, *args).returncode == 0
+    with netlab.namespace("pod") as pod_ns, netlab.namespace("peer") as peer_ns:
+        netlab.link(pod_ns, f"{POD4}/24", peer_ns, f"{PEER4}/24")
+        netlab.sh("ip", "route", "add", "default", "via", PEER4, ns=pod_ns)
+        args = [*netlab.SIDECAR_ARGS, "-x", "10.70.0.0/16"]
+        assert (
+            netlab.run_netinit("--network-namespace", pod_ns, "--force-iptables-binary", flavor, *args).returncode == 0
+        )
         runner = NetnsRunner(pod_ns)
         live = read_live(runner, None)
         assert live.flavor == flavor  # detection: the flavour that holds netinit's rules
@@ -330,14 +332,14 @@ def test_cli_on_live_namespace_matches_the_in_process_prediction(flavor: str) ->
             cli = ["--direction", q.direction, "--dst", q.dst, "--json"]
             cli += ["--src", q.src] if q.src else []
             cli += ["--uid", str(q.uid)] if q.uid is not None else []
-            res = lab.run_netinit("explain", "--network-namespace", pod_ns, *cli)
+            res = netlab.run_netinit("explain", "--network-namespace", pod_ns, *cli)
             assert res.returncode == 0, res.stderr
             doc = json.loads(res.stdout)
             predicted = _predict({4: tables}, q, runner)
             assert doc["verdict"] == predicted.verdict.to_json()
             assert doc["verdict"]["summary"].startswith(summary)
             assert doc["rules"]["flavor"] == flavor
-        no_route = lab.run_netinit(
+        no_route = netlab.run_netinit(
             "explain", "--network-namespace", pod_ns, "--direction", "outbound", "--dst", "[fd00::1]:80", "--uid", "0"
         )
         assert no_route.returncode == 0 and "verdict: no route to fd00::1" in no_route.stdout

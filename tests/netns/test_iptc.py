@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from netinit import lab
+from lab import netlab
 from tests.netns.test_apply import FULL, ISTIO_DEFAULT
 
 pytestmark = pytest.mark.requires_root
@@ -12,28 +12,28 @@ pytestmark = pytest.mark.requires_root
 
 @pytest.mark.parametrize("args", [ISTIO_DEFAULT, FULL, [*FULL, "-m", "TPROXY"]], ids=["istio", "full", "tproxy"])
 def test_iptc_applier_matches_restore_applier(args: list[str]) -> None:
-    with lab.namespace("a") as a, lab.namespace("b") as b:
-        via_restore = lab.run_netinit("--network-namespace", a, "--force-iptables-binary", "legacy", *args)
-        via_iptc = lab.run_netinit("--network-namespace", b, "--applier", "iptc", *args)
+    with netlab.namespace("a") as a, netlab.namespace("b") as b:
+        via_restore = netlab.run_netinit("--network-namespace", a, "--force-iptables-binary", "legacy", *args)
+        via_iptc = netlab.run_netinit("--network-namespace", b, "--applier", "iptc", *args)
         assert via_restore.returncode == 0, via_restore.stderr
         assert via_iptc.returncode == 0, via_iptc.stderr
         assert "via iptc" in via_iptc.stderr
         # libiptc initialises every table it opens; compare the tables netinit programs.
-        tables_a = _tables(lab.strip_save(lab.iptables_save(a, "legacy")))
-        tables_b = _tables(lab.strip_save(lab.iptables_save(b, "legacy")))
+        tables_a = _tables(netlab.strip_save(netlab.iptables_save(a, "legacy")))
+        tables_b = _tables(netlab.strip_save(netlab.iptables_save(b, "legacy")))
         for t, body in tables_a.items():
             assert tables_b.get(t) == body, t
-        again = lab.run_netinit("--network-namespace", b, "--applier", "iptc", *args)
+        again = netlab.run_netinit("--network-namespace", b, "--applier", "iptc", *args)
         assert again.returncode == 0 and "already in place" in again.stderr
         # Reconcile and cleanup through libiptc too.
-        changed = lab.run_netinit(
+        changed = netlab.run_netinit(
             "--network-namespace", b, "--applier", "iptc", *ISTIO_DEFAULT, "-q", "7000", "--reconcile"
         )
         assert changed.returncode == 0, changed.stderr
-        assert "--dport 7000 -j ISTIO_REDIRECT" in lab.iptables_save(b, "legacy")
-        gone = lab.run_netinit("--network-namespace", b, "--applier", "iptc", *args, "--cleanup-only")
+        assert "--dport 7000 -j ISTIO_REDIRECT" in netlab.iptables_save(b, "legacy")
+        gone = netlab.run_netinit("--network-namespace", b, "--applier", "iptc", *args, "--cleanup-only")
         assert gone.returncode == 0, gone.stderr
-        assert "ISTIO_" not in lab.iptables_save(b, "legacy")
+        assert "ISTIO_" not in netlab.iptables_save(b, "legacy")
 
 
 def _tables(text: str) -> dict[str, str]:
@@ -51,9 +51,9 @@ def _tables(text: str) -> dict[str, str]:
 def test_tproxy_routes_are_programmed_idempotently(netns: str) -> None:
     args = [*ISTIO_DEFAULT, "-m", "TPROXY", "-t", "1337", "-r", "133"]
     for _ in range(2):
-        res = lab.run_netinit("--network-namespace", netns, *args, "--force-apply")
+        res = netlab.run_netinit("--network-namespace", netns, *args, "--force-apply")
         assert res.returncode == 0, res.stderr
-    rules = lab.sh("ip", "rule", "show", ns=netns).stdout
+    rules = netlab.sh("ip", "rule", "show", ns=netns).stdout
     assert rules.count("fwmark 0x539 lookup 133") == 1
-    routes = lab.sh("ip", "route", "show", "table", "133", "type", "local", ns=netns).stdout
+    routes = netlab.sh("ip", "route", "show", "table", "133", "type", "local", ns=netns).stdout
     assert "local default dev lo" in routes

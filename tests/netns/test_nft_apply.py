@@ -13,16 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from netinit import lab, nft
-from netinit.backends import Completed, SubprocessRunner
-from netinit.config import config_from_flags
-from netinit.plan import plan
+from lab import netlab
+from netinit.apply.iptables import Completed, SubprocessRunner
+from netinit.core.config import config_from_flags
+from netinit.core.plan import plan
+from netinit.rules import nft
 
 from ..unit.test_plan import CASES
 
 pytestmark = pytest.mark.requires_root
 
-ISTIO = list(lab.SIDECAR_ARGS)
+ISTIO = list(netlab.SIDECAR_ARGS)
 FULL = [*ISTIO, "-q", "9000", "-o", "25,26-30", "-c", "eth9", "-k", "veth7", "--drop-invalid"]
 FULL += ["--redirect-dns", "--capture-all-dns"]
 FOREIGN = "table inet firewalld {\n\tchain input {\n\t\ttype filter hook input priority 0; policy accept;\n\t}\n}\n"
@@ -38,15 +39,15 @@ def _nft_installed() -> None:
 
 
 def netinit(ns: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return lab.run_netinit("--network-namespace", ns, "--native-nftables", *args, env=env)
+    return netlab.run_netinit("--network-namespace", ns, "--native-nftables", *args, env=env)
 
 
 def ruleset(ns: str) -> str:
-    return lab.sh("nft", "list", "ruleset", ns=ns).stdout
+    return netlab.sh("nft", "list", "ruleset", ns=ns).stdout
 
 
 def inet_tables(ns: str) -> dict[str, str]:
-    return nft.split_tables(lab.sh("nft", "list", "ruleset", "inet", ns=ns).stdout)
+    return nft.split_tables(netlab.sh("nft", "list", "ruleset", "inet", ns=ns).stdout)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -54,10 +55,10 @@ def test_every_case_passes_nft_check_and_reads_back_as_rendered(netns: str, name
     flags, env, facts = CASES[name]
     tables = nft.render_tables(plan(config_from_flags(flags, env, facts)))
     script = nft.transaction(tables)
-    check = lab.sh("nft", "-c", "-f", "-", ns=netns, input=script, check=False)
+    check = netlab.sh("nft", "-c", "-f", "-", ns=netns, input=script, check=False)
     assert check.returncode == 0, check.stderr
     assert inet_tables(netns) == {}  # check mode applied nothing
-    lab.sh("nft", "-f", "-", ns=netns, input=script)
+    netlab.sh("nft", "-f", "-", ns=netns, input=script)
     live = inet_tables(netns)
     assert set(live) == set(tables)
     for n, text in tables.items():  # canonical: a re-run compares texts without asking nft
@@ -85,7 +86,9 @@ def test_apply_then_rerun_is_a_noop(netns: str, args: list[str]) -> None:
 def test_drift_refused_then_reconciled_and_stale_tables_deleted(netns: str) -> None:
     assert netinit(netns, *FULL).returncode == 0
     assert set(inet_tables(netns)) == set(nft.TABLE_NAMES)
-    lab.sh("nft", "add", "rule", "inet", "istio-proxy-nat", "istio-redirect", "tcp", "dport", "1", "return", ns=netns)
+    netlab.sh(
+        "nft", "add", "rule", "inet", "istio-proxy-nat", "istio-redirect", "tcp", "dport", "1", "return", ns=netns
+    )
     drifted = ruleset(netns)
     refused = netinit(netns, *FULL)
     assert refused.returncode == 1
@@ -101,8 +104,8 @@ def test_drift_refused_then_reconciled_and_stale_tables_deleted(netns: str) -> N
 
 
 def test_cleanup_deletes_only_our_tables(netns: str) -> None:
-    lab.sh("nft", "-f", "-", ns=netns, input=FOREIGN)
-    lab.sh("iptables-nft", "-t", "nat", "-A", "OUTPUT", "-d", "10.9.9.9/32", "-j", "RETURN", ns=netns)
+    netlab.sh("nft", "-f", "-", ns=netns, input=FOREIGN)
+    netlab.sh("iptables-nft", "-t", "nat", "-A", "OUTPUT", "-d", "10.9.9.9/32", "-j", "RETURN", ns=netns)
     before = ruleset(netns)
     assert netinit(netns, *FULL, "-m", "TPROXY").returncode == 0
     assert set(inet_tables(netns)) == {"firewalld", *nft.TABLE_NAMES}
@@ -136,12 +139,12 @@ def _main_in(ns: str, args: Sequence[str]) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=60,
         check=False,
-        cwd=Path(lab.__file__).resolve().parent.parent,
+        cwd=Path(netlab.__file__).resolve().parent.parent,
     )
 
 
 def test_a_failing_statement_leaves_the_namespace_as_it_was(netns: str) -> None:
-    lab.sh("nft", "-f", "-", ns=netns, input=FOREIGN)
+    netlab.sh("nft", "-f", "-", ns=netns, input=FOREIGN)
     empty = ruleset(netns)
     res = _main_in(netns, ISTIO)
     assert res.returncode == 1, res.stderr
@@ -160,7 +163,7 @@ def test_a_failing_statement_leaves_the_namespace_as_it_was(netns: str) -> None:
 def test_concurrent_runs_take_the_namespace_lock(netns: str) -> None:
     procs = [
         subprocess.Popen(
-            [*lab.netinit_cmd(), "--network-namespace", netns, "--native-nftables", *ISTIO],
+            [*netlab.netinit_cmd(), "--network-namespace", netns, "--native-nftables", *ISTIO],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -175,11 +178,11 @@ def test_concurrent_runs_take_the_namespace_lock(netns: str) -> None:
 
 @pytest.fixture
 def pod() -> Iterator[tuple[str, str]]:
-    with lab.namespace("pod") as pod_ns, lab.namespace("peer") as peer_ns:
+    with netlab.namespace("pod") as pod_ns, netlab.namespace("peer") as peer_ns:
         for ns in (pod_ns, peer_ns):
-            lab.sh("sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0", ns=ns)
-        lab.link(pod_ns, "10.66.0.2/24", peer_ns, "10.66.0.1/24", v6=("fd66::2/64", "fd66::1/64"))
-        lab.sh("ip", "route", "add", "default", "via", "10.66.0.1", ns=pod_ns)
+            netlab.sh("sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0", ns=ns)
+        netlab.link(pod_ns, "10.66.0.2/24", peer_ns, "10.66.0.1/24", v6=("fd66::2/64", "fd66::1/64"))
+        netlab.sh("ip", "route", "add", "default", "via", "10.66.0.1", ns=pod_ns)
         yield pod_ns, peer_ns
 
 
@@ -197,9 +200,9 @@ def test_tproxy_routes_and_ipv6_passthrough_address_are_set_up(pod: tuple[str, s
     res = netinit(pod_ns, *ISTIO, "-m", "TPROXY", "--dual-stack")
     assert res.returncode == 0, res.stderr
     assert "families: IPv4, IPv6" in res.stderr
-    assert "fwmark 0x539 lookup 133" in lab.sh("ip", "rule", ns=pod_ns).stdout
-    assert "fwmark 0x539 lookup 133" in lab.sh("ip", "-6", "rule", ns=pod_ns).stdout
-    assert "local default dev lo" in lab.sh("ip", "route", "show", "table", "133", ns=pod_ns).stdout
-    assert "inet6 ::6/128" in lab.sh("ip", "-6", "addr", "show", "dev", "lo", ns=pod_ns).stdout
+    assert "fwmark 0x539 lookup 133" in netlab.sh("ip", "rule", ns=pod_ns).stdout
+    assert "fwmark 0x539 lookup 133" in netlab.sh("ip", "-6", "rule", ns=pod_ns).stdout
+    assert "local default dev lo" in netlab.sh("ip", "route", "show", "table", "133", ns=pod_ns).stdout
+    assert "inet6 ::6/128" in netlab.sh("ip", "-6", "addr", "show", "dev", "lo", ns=pod_ns).stdout
     mangle = inet_tables(pod_ns)["istio-proxy-mangle"]
     assert "tproxy ip to :15006" in mangle and "tproxy ip6 to :15006" in mangle

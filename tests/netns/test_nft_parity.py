@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from netinit import lab
+from lab import netlab
 
 from .test_explain_kernel import (
     _CLIENT,
@@ -38,7 +38,7 @@ BACKENDS = {"iptables-nft": ["--force-iptables-binary", "nft"], "native-nft": ["
 
 
 def _run(ns: str, conns: list[tuple[str, int, str | None]], uid: int, gid: int) -> list[dict[str, Any]]:
-    res = lab.sh(sys.executable, "-c", _CLIENT, json.dumps(conns), str(uid), str(gid), ns=ns)
+    res = netlab.sh(sys.executable, "-c", _CLIENT, json.dumps(conns), str(uid), str(gid), ns=ns)
     out: list[dict[str, Any]] = json.loads(res.stdout)
     return out
 
@@ -92,15 +92,15 @@ except OSError as e:
 
 @pytest.mark.parametrize("backend", sorted(BACKENDS))
 def test_tproxy_original_source_replies_are_rerouted_to_the_proxy(backend: str) -> None:
-    with lab.namespace("pod") as pod_ns, lab.namespace("peer") as peer_ns:
-        lab.link(pod_ns, f"{POD4}/24", peer_ns, f"{PEER4}/24")
-        args = [*lab.SIDECAR_ARGS, "-m", "TPROXY"]
-        res = lab.run_netinit("--network-namespace", pod_ns, *BACKENDS[backend], *args)
+    with netlab.namespace("pod") as pod_ns, netlab.namespace("peer") as peer_ns:
+        netlab.link(pod_ns, f"{POD4}/24", peer_ns, f"{PEER4}/24")
+        args = [*netlab.SIDECAR_ARGS, "-m", "TPROXY"]
+        res = netlab.run_netinit("--network-namespace", pod_ns, *BACKENDS[backend], *args)
         assert res.returncode == 0, res.stderr
-        app = lab.plain_server(pod_ns, "0.0.0.0", 8080)
+        app = netlab.plain_server(pod_ns, "0.0.0.0", 8080)
         try:
-            marked = lab.sh(sys.executable, "-c", _ORIGINAL_SRC, PEER4, POD4, "1337", ns=pod_ns).stdout.strip()
-            unmarked = lab.sh(sys.executable, "-c", _ORIGINAL_SRC, PEER4, POD4, "0", ns=pod_ns).stdout.strip()
+            marked = netlab.sh(sys.executable, "-c", _ORIGINAL_SRC, PEER4, POD4, "1337", ns=pod_ns).stdout.strip()
+            unmarked = netlab.sh(sys.executable, "-c", _ORIGINAL_SRC, PEER4, POD4, "0", ns=pod_ns).stdout.strip()
         finally:
             app.stop()
     assert marked.startswith(f"direct:{PEER4}:"), marked  # the app saw the client's address, the proxy its reply
@@ -111,16 +111,18 @@ def test_tproxy_original_source_replies_are_rerouted_to_the_proxy(backend: str) 
 def test_tproxy_without_a_listening_proxy_drops_instead_of_bypassing(backend: str) -> None:
     """iptables' TPROXY drops what no socket takes; nft's ``tproxy`` alone would let it fall through to the app
     (fail open), so the translation adds a ``drop`` after it."""
-    with lab.namespace("pod") as pod_ns, lab.namespace("peer") as peer_ns:
-        lab.link(pod_ns, f"{POD4}/24", peer_ns, f"{PEER4}/24")
-        res = lab.run_netinit("--network-namespace", pod_ns, *BACKENDS[backend], *lab.SIDECAR_ARGS, "-m", "TPROXY")
+    with netlab.namespace("pod") as pod_ns, netlab.namespace("peer") as peer_ns:
+        netlab.link(pod_ns, f"{POD4}/24", peer_ns, f"{PEER4}/24")
+        res = netlab.run_netinit(
+            "--network-namespace", pod_ns, *BACKENDS[backend], *netlab.SIDECAR_ARGS, "-m", "TPROXY"
+        )
         assert res.returncode == 0, res.stderr
-        app = lab.plain_server(pod_ns, "0.0.0.0", 8080)
+        app = netlab.plain_server(pod_ns, "0.0.0.0", 8080)
         try:
-            assert lab.connect(peer_ns, POD4, 8080, timeout=1.0) == ""  # no proxy on 15006: dropped, not the app
+            assert netlab.connect(peer_ns, POD4, 8080, timeout=1.0) == ""  # no proxy on 15006: dropped, not the app
             proxy = _start(pod_ns, _LISTENER, [15006])
             try:
-                got = json.loads(lab.connect(peer_ns, POD4, 8080))  # the control: with a proxy it is captured
+                got = json.loads(netlab.connect(peer_ns, POD4, 8080))  # the control: with a proxy it is captured
             finally:
                 proxy.stop()
         finally:

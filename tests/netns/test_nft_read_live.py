@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
-from netinit import lab, nft
-from netinit.config import HostFacts, config_from_flags
-from netinit.debug_cli import Query, read_live
-from netinit.plan import plan
+from lab import netlab
+from netinit.core.config import HostFacts, config_from_flags
+from netinit.core.plan import plan
+from netinit.debug.cli import Query, read_live
+from netinit.rules import nft
 from tests.unit.test_plan import CASES
 
 from .test_explain_kernel import (
@@ -31,7 +32,7 @@ NATIVE = "live rules (native nftables)"
 
 
 def cli(*args: str) -> tuple[int, dict[str, Any]]:
-    res = lab.run_netinit(*args, "--json")
+    res = netlab.run_netinit(*args, "--json")
     assert res.returncode in (0, 1), res.stderr
     return res.returncode, json.loads(res.stdout)
 
@@ -40,7 +41,7 @@ def cli(*args: str) -> tuple[int, dict[str, Any]]:
 def test_native_tables_show_replans_the_applied_rules(name: str, netns: str) -> None:
     flags, env, facts = CASES[name]
     original = plan(config_from_flags(flags, env, facts))
-    lab.sh("nft", "-f", "-", ns=netns, input=nft.render_apply(original))
+    netlab.sh("nft", "-f", "-", ns=netns, input=nft.render_apply(original))
     rc, doc = cli("show", "--network-namespace", netns)
     assert rc == 0
     assert (doc["rules"]["origin"], doc["rules"]["flavor"]) == (NATIVE, "native-nftables")
@@ -53,15 +54,15 @@ def test_native_tables_show_replans_the_applied_rules(name: str, netns: str) -> 
 
 @pytest.mark.parametrize("mode", ["REDIRECT", "TPROXY"])
 def test_apply_native_then_show_gives_flags_that_verify_clean(mode: str, netns: str) -> None:
-    args = [*lab.SIDECAR_ARGS, "-m", mode, "-x", "10.0.0.0/8", "-o", "8081"]
-    applied = lab.run_netinit("--network-namespace", netns, "--native-nftables", *args)
+    args = [*netlab.SIDECAR_ARGS, "-m", mode, "-x", "10.0.0.0/8", "-o", "8081"]
+    applied = netlab.run_netinit("--network-namespace", netns, "--native-nftables", *args)
     assert applied.returncode == 0, applied.stderr
     rc, doc = cli("show", "--network-namespace", netns)
     assert rc == 0 and doc["rules"]["origin"] == NATIVE
     assert doc["reproducible"] and doc["findings"] == [], doc
     assert any("native nftables tables (inet istio-proxy-*)" in n for n in doc["notes"])
     shown = [str(a) for a in doc["argv"]]
-    native = lab.run_netinit("verify", "--network-namespace", netns, "--native-nftables", *shown)
+    native = netlab.run_netinit("verify", "--network-namespace", netns, "--native-nftables", *shown)
     assert native.returncode == 0, native.stdout + native.stderr
     # verify without --native-nftables reads the same tables rule by rule, through nft_read
     rc, ver = cli("verify", "--network-namespace", netns, *shown)
@@ -69,9 +70,9 @@ def test_apply_native_then_show_gives_flags_that_verify_clean(mode: str, netns: 
 
 
 def test_a_hand_written_rule_in_our_table_is_refused_with_its_line(netns: str) -> None:
-    assert lab.run_netinit("--network-namespace", netns, "--native-nftables", *lab.SIDECAR_ARGS).returncode == 0
-    lab.sh("nft", "add", "rule", "inet", "istio-proxy-nat", "output", "ip", "protocol", "icmp", "accept", ns=netns)
-    res = lab.run_netinit("show", "--network-namespace", netns)
+    assert netlab.run_netinit("--network-namespace", netns, "--native-nftables", *netlab.SIDECAR_ARGS).returncode == 0
+    netlab.sh("nft", "add", "rule", "inet", "istio-proxy-nat", "output", "ip", "protocol", "icmp", "accept", ns=netns)
+    res = netlab.run_netinit("show", "--network-namespace", netns)
     assert res.returncode == 1
     assert "cannot read table inet istio-proxy-nat line" in res.stderr and "icmp" in res.stderr, res.stderr
 
@@ -88,10 +89,10 @@ QUERIES = (
 
 
 def _explain_all(backend: list[str], args: list[str]) -> list[tuple[str, dict[str, Any]]]:
-    with lab.namespace("pod") as pod_ns, lab.namespace("peer") as peer_ns:
-        va, _vb = lab.link(pod_ns, f"{POD4}/24", peer_ns, f"{PEER4}/24")
-        lab.sh("ip", "route", "add", "default", "via", PEER4, ns=pod_ns)
-        assert lab.run_netinit("--network-namespace", pod_ns, *backend, *args).returncode == 0
+    with netlab.namespace("pod") as pod_ns, netlab.namespace("peer") as peer_ns:
+        va, _vb = netlab.link(pod_ns, f"{POD4}/24", peer_ns, f"{PEER4}/24")
+        netlab.sh("ip", "route", "add", "default", "via", PEER4, ns=pod_ns)
+        assert netlab.run_netinit("--network-namespace", pod_ns, *backend, *args).returncode == 0
         out = []
         for q in QUERIES:
             argv = ["--direction", q.direction, "--dst", q.dst]
@@ -106,7 +107,7 @@ def _explain_all(backend: list[str], args: list[str]) -> list[tuple[str, dict[st
 
 @pytest.mark.parametrize("mode", ["REDIRECT", "TPROXY"])
 def test_explain_on_native_tables_gives_the_iptables_verdicts(mode: str) -> None:
-    args = [*lab.SIDECAR_ARGS, "-m", mode, "-x", "10.70.0.0/16"]
+    args = [*netlab.SIDECAR_ARGS, "-m", mode, "-x", "10.70.0.0/16"]
     ipt = _explain_all(["--force-iptables-binary", "nft"], args)
     native = _explain_all(["--native-nftables"], args)
     assert {o for o, _ in ipt} == {"live rules (iptables-nft)"} and {o for o, _ in native} == {NATIVE}

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from netinit import lab
-from netinit.config import config_from_flags
-from netinit.plan import desired_state, plan
-from netinit.redirect import parse_save, render_apply
+from lab import netlab
+from netinit.apply.engine import parse_save, render_apply
+from netinit.core.config import config_from_flags
+from netinit.core.plan import desired_state, plan
 from tests.unit.test_plan import CASES
 
 pytestmark = pytest.mark.requires_root
@@ -21,8 +21,8 @@ def test_case_round_trips_through_the_kernel(name: str, flavor: str, netns: str)
     for fam in rs.families():
         rules = rs.family(fam)
         prefix = "ip6" if fam == 6 else "ip"
-        lab.sh(f"{prefix}tables-{flavor}-restore", "--noflush", ns=netns, input=render_apply(rules))
-        live = parse_save(lab.iptables_save(netns, flavor, fam))
+        netlab.sh(f"{prefix}tables-{flavor}-restore", "--noflush", ns=netns, input=render_apply(rules))
+        live = parse_save(netlab.iptables_save(netns, flavor, fam))
         for table, st in desired_state(rules).items():
             for chain, specs in st.chains.items():
                 assert live[table].chains.get(chain, []) == specs, f"IPv{fam} {table}/{chain}"

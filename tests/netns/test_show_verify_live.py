@@ -10,19 +10,19 @@ from typing import Any
 
 import pytest
 
-from netinit import lab
-from netinit.config import HostFacts, config_from_flags
-from netinit.plan import plan
-from netinit.redirect import render_apply
+from lab import netlab
+from netinit.apply.engine import render_apply
+from netinit.core.config import HostFacts, config_from_flags
+from netinit.core.plan import plan
 from tests.unit.test_plan import CASES
 
 pytestmark = pytest.mark.requires_root
 
-FLAGS = [*lab.SIDECAR_ARGS, "-x", "10.0.0.0/8", "-o", "8081"]
+FLAGS = [*netlab.SIDECAR_ARGS, "-x", "10.0.0.0/8", "-o", "8081"]
 
 
 def cli(*args: str) -> tuple[int, dict[str, Any]]:
-    res = lab.run_netinit(*args, "--json")
+    res = netlab.run_netinit(*args, "--json")
     assert res.returncode in (0, 1), res.stderr
     return res.returncode, json.loads(res.stdout)
 
@@ -33,7 +33,7 @@ def test_apply_show_replan_gives_the_applied_rules(name: str, flavor: str, netns
     original = plan(config_from_flags(flags, env, facts))
     for fam in original.families():
         restore = f"{'ip6' if fam == 6 else 'ip'}tables-{flavor}-restore"
-        lab.sh(restore, "--noflush", ns=netns, input=render_apply(original.family(fam)))
+        netlab.sh(restore, "--noflush", ns=netns, input=render_apply(original.family(fam)))
     rc, doc = cli("show", "--network-namespace", netns)
     assert rc == 0
     assert doc["rules"]["flavor"] == flavor  # detected: the flavour that holds netinit's chains
@@ -45,7 +45,7 @@ def test_apply_show_replan_gives_the_applied_rules(name: str, flavor: str, netns
 
 
 def ipt(flavor: str, ns: str, *args: str) -> None:
-    lab.sh(f"iptables-{flavor}", "-t", "nat", *args, ns=ns)
+    netlab.sh(f"iptables-{flavor}", "-t", "nat", *args, ns=ns)
 
 
 MUTATIONS = {
@@ -69,7 +69,7 @@ EXPECTED = {
 
 def test_verify_detects_each_drift_and_passes_when_clean(flavor: str, netns: str) -> None:
     base = ["--network-namespace", netns]
-    assert lab.run_netinit(*base, "--force-iptables-binary", flavor, *FLAGS).returncode == 0
+    assert netlab.run_netinit(*base, "--force-iptables-binary", flavor, *FLAGS).returncode == 0
     rc, doc = cli("verify", *base, *FLAGS)
     assert (rc, doc["ok"], doc["drift"], doc["checked"]) == (0, True, [], ["IPv4 nat"])
     for name, commands in MUTATIONS.items():
@@ -80,7 +80,7 @@ def test_verify_detects_each_drift_and_passes_when_clean(flavor: str, netns: str
         assert rc == 1, name
         assert [d["kind"] for d in doc["drift"]] == [kind], (name, doc["drift"])
         assert text in doc["drift"][0]["description"], name
-        fixed = lab.run_netinit(*base, "--force-iptables-binary", flavor, "--reconcile", *FLAGS)
+        fixed = netlab.run_netinit(*base, "--force-iptables-binary", flavor, "--reconcile", *FLAGS)
         assert fixed.returncode == 0, fixed.stderr
         assert cli("verify", *base, *FLAGS)[0] == 0, f"{name}: --reconcile did not restore the plan"
     # Other flags than the applied ones are drift too.
@@ -89,14 +89,14 @@ def test_verify_detects_each_drift_and_passes_when_clean(flavor: str, netns: str
 
 
 def test_verify_checks_tproxy_routing_and_show_reads_its_table(flavor: str, netns: str) -> None:
-    args = [*lab.SIDECAR_ARGS, "-m", "TPROXY", "-r", "140"]
+    args = [*netlab.SIDECAR_ARGS, "-m", "TPROXY", "-r", "140"]
     base = ["--network-namespace", netns]
-    assert lab.run_netinit(*base, "--force-iptables-binary", flavor, *args).returncode == 0
+    assert netlab.run_netinit(*base, "--force-iptables-binary", flavor, *args).returncode == 0
     assert cli("verify", *base, *args)[0] == 0
     rc, doc = cli("show", *base)
     assert doc["argv"][:10] == ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "TPROXY", "-r", "140"]
     assert doc["reproducible"]
-    lab.sh("ip", "rule", "del", "fwmark", "1337", "lookup", "140", ns=netns)
+    netlab.sh("ip", "rule", "del", "fwmark", "1337", "lookup", "140", ns=netns)
     rc, doc = cli("verify", *base, *args)
     assert rc == 1
     assert [d["description"] for d in doc["drift"]] == [
@@ -105,8 +105,8 @@ def test_verify_checks_tproxy_routing_and_show_reads_its_table(flavor: str, netn
 
 
 def test_verify_from_pod_against_a_live_namespace(tmp_path: Path, flavor: str, netns: str) -> None:
-    from injector.config import load_config
-    from injector.workloads import Options, inject_text
+    from injector.core.config import load_config
+    from injector.core.workloads import Options, inject_text
 
     pod = (
         "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: app}\nspec:\n  template:\n    metadata:\n"
@@ -115,8 +115,8 @@ def test_verify_from_pod_against_a_live_namespace(tmp_path: Path, flavor: str, n
     )
     manifest = tmp_path / "deploy.yaml"
     manifest.write_text(inject_text(pod, Options(load_config()), warn=lambda _m: None))
-    args = [*lab.SIDECAR_ARGS, "-x", "10.0.0.0/8"]
-    assert lab.run_netinit("--network-namespace", netns, "--force-iptables-binary", flavor, *args).returncode == 0
+    args = [*netlab.SIDECAR_ARGS, "-x", "10.0.0.0/8"]
+    assert netlab.run_netinit("--network-namespace", netns, "--force-iptables-binary", flavor, *args).returncode == 0
     rc, doc = cli("verify", "--network-namespace", netns, "--from-pod", str(manifest))
     assert rc == 0 and doc["ok"] and "-x 10.0.0.0/8" in doc["flags"]
     manifest.write_text(
@@ -128,7 +128,7 @@ def test_verify_from_pod_against_a_live_namespace(tmp_path: Path, flavor: str, n
 
 def test_explain_show_verify_need_the_namespace_to_exist() -> None:
     res = subprocess.run(
-        [*lab.netinit_cmd(), "show", "--network-namespace", "no-such-ns-xyz"],
+        [*netlab.netinit_cmd(), "show", "--network-namespace", "no-such-ns-xyz"],
         capture_output=True,
         text=True,
         check=False,

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from netinit.backends import Completed, RestoreApplier, detect_backend
+from netinit.apply.iptables import Completed, RestoreApplier, detect_backend
 from netinit.errors import BackendError
 
 EMPTY = "*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n"

@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from netinit.config import HostFacts, config_from_flags, parse_options, resolve
+from netinit.core.config import HostFacts, config_from_flags, parse_options, resolve
 from netinit.errors import ConfigError
 
 
@@ -113,7 +113,7 @@ def test_names_resolve_through_facts() -> None:
 
 
 def test_probe_destination_respects_exclusions() -> None:
-    from netinit.validate import probe_destination
+    from netinit.apply.validate import probe_destination
 
     assert probe_destination(config_from_flags(["-i", "*"])) == ("192.0.2.1", 80)
     assert probe_destination(config_from_flags(["-i", "*", "-o", "1-8080"])) == ("192.0.2.1", 9080)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from injector.envoy_bootstrap import bootstrap
+from injector.core.envoy_bootstrap import bootstrap
 from tests.envoy_bin import envoy_binary
 
 

@@ -9,15 +9,15 @@ import json
 
 import pytest
 
-from netinit import lab
-from netinit.config import HostFacts, config_from_flags
-from netinit.explain import NOT_LO, Connection, Explanation, Packet, explain, load_tables, match_rule, parse_rule
-from netinit.plan import Family, plan
-from netinit.verify import planned_save
+from lab import netlab
+from netinit.core.config import HostFacts, config_from_flags
+from netinit.core.plan import Family, plan
+from netinit.debug.explain import NOT_LO, Connection, Explanation, Packet, explain, load_tables, match_rule, parse_rule
+from netinit.debug.verify import planned_save
 from tests.unit.test_plan import CASES
 
 A = ipaddress.ip_address
-ISTIO = [*lab.SIDECAR_ARGS, "-x", "10.0.0.0/8", "-o", "25"]
+ISTIO = [*netlab.SIDECAR_ARGS, "-x", "10.0.0.0/8", "-o", "25"]
 POD = "10.66.0.2"
 
 
@@ -128,7 +128,7 @@ def test_owner_groups() -> None:
 
 
 def test_tproxy_inbound_and_the_proxys_marked_loopback_traffic() -> None:
-    flags = [*lab.SIDECAR_ARGS, "-m", "TPROXY"]
+    flags = [*netlab.SIDECAR_ARGS, "-m", "TPROXY"]
     v = walk(flags, inb(8080)).verdict
     assert v.summary.startswith("captured → inbound 15006 (TPROXY: original destination kept")
     assert v.rule is not None and "-j TPROXY --on-port 15006" in v.rule

@@ -15,12 +15,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from netinit import nft, nft_applier
 from netinit.__main__ import main
-from netinit.backends import Completed
-from netinit.config import HostFacts, config_from_flags, parse_options, resolve
+from netinit.apply import nftables
+from netinit.apply.iptables import Completed
+from netinit.core.config import HostFacts, config_from_flags, parse_options, resolve
+from netinit.core.plan import Match, Rule, RuleSet, owner, plan, tcp, udp
 from netinit.errors import ApplyError, BackendError, ConfigError, DriftError
-from netinit.plan import Match, Rule, RuleSet, owner, plan, tcp, udp
+from netinit.rules import nft
 
 from .test_plan import CASES, ISTIO
 
@@ -330,9 +331,9 @@ class FakeNft:
 
 def apply(fake: FakeNft, flags: list[str], **kw: bool) -> str:
     want = tables(flags)
-    applier = nft_applier.NftApplier(fake, "nft")
+    applier = nftables.NftApplier(fake, "nft")
     logs: list[str] = []
-    out = nft_applier.apply_tables(
+    out = nftables.apply_tables(
         want, applier, reconcile=kw.get("reconcile", False), force=kw.get("force", False), log=logs.append
     )
     return out + "".join(f" [{m}]" for m in logs)
@@ -370,7 +371,7 @@ def test_another_nft_spelling_is_not_drift() -> None:
     fake.spell = ("ip daddr 127.0.0.1 ", "ip daddr 127.0.0.1/32 ")  # as if this nft kept the /32
     out = apply(fake, ISTIO)
     assert out.startswith("capture rules already in place; nothing to do [nft prints istio-proxy-nat differently")
-    assert not any(n.startswith(nft_applier.CHECK_PREFIX) for n in fake.tables)  # the check tables are gone
+    assert not any(n.startswith(nftables.CHECK_PREFIX) for n in fake.tables)  # the check tables are gone
     check = fake.scripts[1]
     assert "table inet netinit-check-istio-proxy-nat {" in check and " hook " not in check  # sees no packet
     fake.spell = None
@@ -396,9 +397,9 @@ def test_cleanup_deletes_only_our_tables() -> None:
         }
     )
     apply(fake, [*ISTIO, "--drop-invalid"])
-    assert nft_applier.cleanup(nft_applier.NftApplier(fake, "nft")) == "capture rules removed"
+    assert nftables.cleanup(nftables.NftApplier(fake, "nft")) == "capture rules removed"
     assert set(fake.tables) == {"firewalld"}
-    assert nft_applier.cleanup(nft_applier.NftApplier(fake, "nft")) == "nothing of ours to clean up"
+    assert nftables.cleanup(nftables.NftApplier(fake, "nft")) == "nothing of ours to clean up"
 
 
 def test_addresses_are_written_as_nft_prints_them() -> None:
@@ -414,8 +415,8 @@ def test_addresses_are_written_as_nft_prints_them() -> None:
 
 def test_missing_nft_is_a_clear_backend_error() -> None:
     with pytest.raises(BackendError, match="apt-get install nftables"):
-        nft_applier.nft_binary(which=lambda _n: None, fallbacks=())
-    assert nft_applier.nft_binary(which=lambda n: f"/bin/{n}") == "/bin/nft"
+        nftables.nft_binary(which=lambda _n: None, fallbacks=())
+    assert nftables.nft_binary(which=lambda n: f"/bin/{n}") == "/bin/nft"
 
 
 # --- the CLI ---------------------------------------------------------------------------------------------------
@@ -455,10 +456,10 @@ def test_default_path_does_not_import_the_nftables_modules() -> None:
         "import sys\n"
         "from netinit.__main__ import main\n"
         f"assert main(['-n', *{ISTIO!r}], {{}}) == 0\n"
-        "loaded = sorted(m for m in sys.modules if m.startswith('netinit.nft'))\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('netinit.rules.nft'))\n"
         "assert not loaded, loaded\n"
         f"assert main(['-n', '--native-nftables', *{ISTIO!r}], {{}}) == 0\n"
-        "assert 'netinit.nft' in sys.modules\n"
+        "assert 'netinit.rules.nft' in sys.modules\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False)
     assert res.returncode == 0, res.stderr

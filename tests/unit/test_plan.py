@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from netinit import lab
-from netinit.config import HostFacts, config_from_flags
-from netinit.plan import desired_state, plan
-from netinit.redirect import render_apply
+from lab import netlab
+from netinit.apply.engine import render_apply
+from netinit.core.config import HostFacts, config_from_flags
+from netinit.core.plan import desired_state, plan
 
 GOLDEN = Path(__file__).parent / "golden" / "netinit"
 V6 = HostFacts(has_global_ipv4=False, has_global_ipv6=True)
@@ -20,7 +20,7 @@ DNS = HostFacts(dns_servers=("127.0.0.53",))
 DNS6 = HostFacts(has_global_ipv4=False, has_global_ipv6=True, dns_servers=("127.0.0.53", "::127.0.0.53"))
 GROUPS = HostFacts(group_ids={"java": 1500, "ftp": 21})
 GROUPS6 = HostFacts(has_global_ipv4=False, has_global_ipv6=True, group_ids={"java": 1500, "ftp": 21})
-ISTIO = list(lab.SIDECAR_ARGS)
+ISTIO = list(netlab.SIDECAR_ARGS)
 
 # name -> (flags, env, facts)
 CASES: dict[str, tuple[list[str], dict[str, str], HostFacts]] = {

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from netinit import lab
+from lab import netlab
 from netinit.__main__ import main
-from netinit.config import HostFacts, config_from_flags
-from netinit.plan import Family, plan
-from netinit.show import ANNOTATIONS, reconstruct
-from netinit.verify import compare, diff_rules, planned_save
+from netinit.core.config import HostFacts, config_from_flags
+from netinit.core.plan import Family, plan
+from netinit.debug.show import ANNOTATIONS, reconstruct
+from netinit.debug.verify import compare, diff_rules, planned_save
 from tests.unit.test_plan import CASES
 
-ISTIO = list(lab.SIDECAR_ARGS)
+ISTIO = list(netlab.SIDECAR_ARGS)
 FLAGS = [*ISTIO, "-x", "10.0.0.0/8", "-o", "8081"]
 
 
@@ -56,7 +56,7 @@ def test_show_reads_istio_defaults_as_flags_and_annotations() -> None:
 
 
 def test_annotation_names_are_the_injectors() -> None:
-    from injector import annotations as A
+    from injector.core import annotations as A
 
     names = {
         A.INTERCEPTION_MODE,
@@ -209,8 +209,8 @@ def test_explain_show_verify_from_a_saved_dump(tmp_path: Path, capsys: pytest.Ca
 
 
 def test_verify_from_pod_manifests(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from injector.config import load_config
-    from injector.workloads import Options, inject_text
+    from injector.core.config import load_config
+    from injector.core.workloads import Options, inject_text
 
     pod = (
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: app\n  annotations:\n"
@@ -254,7 +254,7 @@ def test_plain_flag_form_is_untouched_and_never_imports_the_debug_commands() -> 
         "import sys\n"
         "from netinit.__main__ import main\n"
         f"rc = main(['-n', *{ISTIO!r}])\n"
-        "debug = ('netinit.debug_cli', 'netinit.explain', 'netinit.show', 'netinit.verify')\n"
+        "debug = ('netinit.debug.cli', 'netinit.debug.explain', 'netinit.debug.show', 'netinit.debug.verify')\n"
         "mods = [m for m in debug if m in sys.modules]\n"
         "print('RC', rc, 'MODS', mods, file=sys.stderr)\n"
     )

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from injector import certs
+from injector.certs import crypto
 
 SERVICE, NAMESPACE = "sidecar-injector", "sidecar-injector"
 
@@ -29,7 +29,7 @@ class Server:
     key_file: Path
     config_dir: Path
     log_file: Path
-    ca: certs.KeyPair
+    ca: crypto.KeyPair
     proc: subprocess.Popen[bytes]
 
     def context(self) -> ssl.SSLContext:
@@ -51,7 +51,7 @@ class Server:
     def rotate(self, days: int = 30) -> bytes:
         """A new serving certificate from the same CA; the key is written first (a real rotation's mismatch
         window), then the cert. Returns the new cert's PEM."""
-        pair = certs.make_serving_cert(self.ca, SERVICE, NAMESPACE, days=days, extra_sans=["localhost", "127.0.0.1"])
+        pair = crypto.make_serving_cert(self.ca, SERVICE, NAMESPACE, days=days, extra_sans=["localhost", "127.0.0.1"])
         _atomic_write(self.key_file, pair.key_pem)
         time.sleep(0.3)
         _atomic_write(self.cert_file, pair.cert_pem)
@@ -80,10 +80,10 @@ def server(tmp_path: Path) -> Iterator[Server]:
 def serving(tmp_path: Path, *extra: str, wait_ready: bool = True) -> Iterator[Server]:
     """A `sidecar-injector serve` process (``extra`` flags appended), ready (or, with ``wait_ready=False``,
     just running and without certificate files: `Server.rotate` writes them); terminated at the end."""
-    ca = certs.make_ca()
+    ca = crypto.make_ca()
     (tmp_path / "ca.crt").write_bytes(ca.cert_pem)
     if wait_ready:
-        pair = certs.make_serving_cert(ca, SERVICE, NAMESPACE, extra_sans=["localhost", "127.0.0.1"])
+        pair = crypto.make_serving_cert(ca, SERVICE, NAMESPACE, extra_sans=["localhost", "127.0.0.1"])
         (tmp_path / "tls.crt").write_bytes(pair.cert_pem)
         (tmp_path / "tls.key").write_bytes(pair.key_pem)
     config_dir = tmp_path / "config"

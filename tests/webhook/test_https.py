@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from injector import certs
+from injector.certs import crypto
 
 from .conftest import Server, serving
 
@@ -92,7 +92,7 @@ def test_a_stalled_body_does_not_hang(server: Server) -> None:
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
 def test_client_verification_and_tls_versions(server: Server) -> None:
-    other_ca = certs.make_ca("someone-else")
+    other_ca = crypto.make_ca("someone-else")
     ctx = ssl.create_default_context(cadata=other_ca.cert_pem.decode())
     with pytest.raises(ssl.SSLCertVerificationError):
         with socket.create_connection(("127.0.0.1", server.port)) as s, ctx.wrap_socket(s, server_hostname="127.0.0.1"):

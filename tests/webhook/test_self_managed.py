@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from injector import certs
+from injector.certs import crypto
 from tests.kube_server import FakeKube, running
 
 from .conftest import _free_port
@@ -110,8 +110,8 @@ def test_picks_up_a_renewed_certificate(kube: FakeKube, tmp_path: Path) -> None:
         wait_for(lambda: (NS, SECRET) in kube.secrets)
         data = kube.secret_data(NS, SECRET)
         wait_for(lambda: served_cert(port, data["ca.crt"]) == data["tls.crt"])
-        ca = certs.KeyPair(data["ca.crt"], data["ca.key"])
-        renewed = certs.make_serving_cert(ca, "sidecar-injector", NS, now=datetime.now(UTC))
+        ca = crypto.KeyPair(data["ca.crt"], data["ca.key"])
+        renewed = crypto.make_serving_cert(ca, "sidecar-injector", NS, now=datetime.now(UTC))
         kube.put_secret(NS, SECRET, {**data, "tls.crt": renewed.cert_pem, "tls.key": renewed.key_pem})
         wait_for(lambda: served_cert(port, data["ca.crt"]) == renewed.cert_pem)
     finally:

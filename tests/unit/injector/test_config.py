@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from injector.config import load_config
+from injector.core.config import load_config
 from injector.errors import ConfigError
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from injector import annotations as A
-from injector.inject import NETWORK_LABEL
+from injector.core import annotations as A
+from injector.core.inject import NETWORK_LABEL
 
 DOC = (Path(__file__).resolve().parents[3] / "docs" / "annotations.md").read_text()
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from injector.config import load_config
-from injector.inject import Request, inject
+from injector.core.config import load_config
+from injector.core.inject import Request, inject
 from tests.envoy_bin import envoy_binary
 
 CFG = load_config(env={})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shlex
 from pathlib import Path
+from typing import Any
 
 import kubernetes_validate
 import pytest
@@ -83,7 +84,12 @@ def test_reinjecting_output_changes_nothing(case: str, capsys: pytest.CaptureFix
 
 def test_schema_check_bites() -> None:
     """The schema check is strict: a field the API does not know (as a careless template would add) fails."""
-    obj = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x"}, "spec": {"containers": [{"name": "a"}]}}
+    obj: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "x"},
+        "spec": {"containers": [{"name": "a"}]},
+    }
     kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
     obj["spec"]["containers"][0]["securityContext"] = {"fsGroup": 1337}  # valid for the pod, not a container
     with pytest.raises(kubernetes_validate.ValidationError):

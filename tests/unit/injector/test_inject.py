@@ -9,10 +9,10 @@ from typing import Any
 import jsonpatch
 import pytest
 
-from injector import annotations as A
-from injector.config import load_config
+from injector.core import annotations as A
+from injector.core.config import load_config
+from injector.core.inject import Request, Workload, canonical_service, inject, uninject, workload_of
 from injector.errors import AnnotationError, Refused, TemplateError
-from injector.inject import Request, Workload, canonical_service, inject, uninject, workload_of
 
 CFG = load_config()
 

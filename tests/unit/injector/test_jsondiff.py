@@ -10,7 +10,7 @@ import jsonpatch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from injector.jsondiff import make_patch
+from injector.core.jsondiff import make_patch
 
 # Leaves without bool/float: Python's 1 == True == 1.0 is the documented blind spot (see the module docstring).
 LEAF = st.none() | st.integers(-5, 5) | st.text(alphabet="ab/~", max_size=3)

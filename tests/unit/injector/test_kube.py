@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 import jsonpatch
 import pytest
 
-from injector import certs
-from injector.kube import (
+from injector.certs import crypto
+from injector.certs.kube import (
     SECRET_LABELS,
     Action,
     ApiError,
@@ -29,19 +29,19 @@ from tests.kube_server import FakeKube, running
 NOW = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
 NS, SECRET, SERVICE, MWC = "sidecar-injector", "sidecar-injector-certs", "sidecar-injector", "sidecar-injector"
 HOOKS = ["namespace.sidecar-injector.io", "object.sidecar-injector.io"]
-SANS = certs.expected_sans(SERVICE, NS)
+SANS = crypto.expected_sans(SERVICE, NS)
 SECRET_PATH = f"/api/v1/namespaces/{NS}/secrets/{SECRET}"
 MWC_PATH = f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{MWC}"
 
 
-def secret_for(ca: certs.KeyPair, *, now: datetime = NOW, days: int = 365) -> dict[str, bytes]:
-    serving = certs.make_serving_cert(ca, SERVICE, NS, days=days, now=now)
+def secret_for(ca: crypto.KeyPair, *, now: datetime = NOW, days: int = 365) -> dict[str, bytes]:
+    serving = crypto.make_serving_cert(ca, SERVICE, NS, days=days, now=now)
     return {"ca.crt": ca.cert_pem, "ca.key": ca.key_pem, "tls.crt": serving.cert_pem, "tls.key": serving.key_pem}
 
 
 @pytest.fixture(scope="module")
-def ca() -> certs.KeyPair:
-    return certs.make_ca(now=NOW - timedelta(days=10))
+def ca() -> crypto.KeyPair:
+    return crypto.make_ca(now=NOW - timedelta(days=10))
 
 
 @pytest.fixture
@@ -73,8 +73,8 @@ def test_fresh_install_creates_secret_and_patches_every_webhook(kube: FakeKube, 
     assert stored["metadata"]["labels"] == SECRET_LABELS
     data = kube.secret_data(NS, SECRET)
     assert (data["ca.crt"], data["tls.crt"], data["tls.key"]) == (ca_pem, cert_pem, key_pem)
-    assert certs.matches_key(ca_pem, data["ca.key"])
-    assert certs.signed_by(cert_pem, ca_pem) and certs.matches_key(cert_pem, key_pem)
+    assert crypto.matches_key(ca_pem, data["ca.key"])
+    assert crypto.signed_by(cert_pem, ca_pem) and crypto.matches_key(cert_pem, key_pem)
     assert kube.ca_bundles(MWC) == {h: ca_pem for h in HOOKS}
 
     writes = kube.writes()
@@ -101,7 +101,7 @@ def test_second_start_is_read_only(kube: FakeKube, api: ClientKubeApi) -> None:
 
 
 def test_create_race_uses_the_other_replicas_secret(kube: FakeKube, api: ClientKubeApi) -> None:
-    theirs = secret_for(certs.make_ca(now=NOW))
+    theirs = secret_for(crypto.make_ca(now=NOW))
     kube.race["POST"] = theirs
 
     ca_pem, cert_pem, key_pem = ensure(api)
@@ -113,7 +113,7 @@ def test_create_race_uses_the_other_replicas_secret(kube: FakeKube, api: ClientK
 
 
 def test_expiring_serving_cert_is_renewed_with_the_same_ca(
-    kube: FakeKube, api: ClientKubeApi, ca: certs.KeyPair
+    kube: FakeKube, api: ClientKubeApi, ca: crypto.KeyPair
 ) -> None:
     old = secret_for(ca, now=NOW - timedelta(days=340))  # 25 days left
     kube.put_secret(NS, SECRET, old, labels={"team": "mesh"}, annotations={"note": "keep me"})
@@ -123,8 +123,8 @@ def test_expiring_serving_cert_is_renewed_with_the_same_ca(
     ca_pem, cert_pem, key_pem = ensure(api)
 
     assert ca_pem == ca.cert_pem
-    assert cert_pem != old["tls.crt"] and certs.signed_by(cert_pem, ca.cert_pem)
-    assert certs.not_after(cert_pem) == NOW + timedelta(days=365)
+    assert cert_pem != old["tls.crt"] and crypto.signed_by(cert_pem, ca.cert_pem)
+    assert crypto.not_after(cert_pem) == NOW + timedelta(days=365)
     new = kube.secret_data(NS, SECRET)
     assert new == {"ca.crt": ca.cert_pem, "ca.key": ca.key_pem, "tls.crt": cert_pem, "tls.key": key_pem}
     meta = kube.secret(NS, SECRET)["metadata"]
@@ -133,7 +133,7 @@ def test_expiring_serving_cert_is_renewed_with_the_same_ca(
     assert (put.method, put.path, put.body["metadata"]["resourceVersion"]) == ("PUT", SECRET_PATH, rv)
 
 
-def test_replace_race_uses_the_other_replicas_renewal(kube: FakeKube, api: ClientKubeApi, ca: certs.KeyPair) -> None:
+def test_replace_race_uses_the_other_replicas_renewal(kube: FakeKube, api: ClientKubeApi, ca: crypto.KeyPair) -> None:
     kube.put_secret(NS, SECRET, secret_for(ca, now=NOW - timedelta(days=340)))
     kube.add_mwc(MWC, HOOKS, ca_bundle=ca.cert_pem)
     theirs = secret_for(ca, now=NOW)
@@ -147,20 +147,20 @@ def test_replace_race_uses_the_other_replicas_renewal(kube: FakeKube, api: Clien
 
 
 def test_expiring_ca_is_rotated_and_ca_bundle_follows(kube: FakeKube, api: ClientKubeApi) -> None:
-    old_ca = certs.make_ca(days=3650, now=NOW - timedelta(days=3630))  # 20 days left
+    old_ca = crypto.make_ca(days=3650, now=NOW - timedelta(days=3630))  # 20 days left
     kube.put_secret(NS, SECRET, secret_for(old_ca, days=10))
     kube.add_mwc(MWC, HOOKS, ca_bundle=old_ca.cert_pem)
 
     ca_pem, cert_pem, _ = ensure(api)
 
-    assert ca_pem != old_ca.cert_pem and certs.signed_by(cert_pem, ca_pem)
-    assert certs.not_after(ca_pem) == NOW + timedelta(days=3650)
+    assert ca_pem != old_ca.cert_pem and crypto.signed_by(cert_pem, ca_pem)
+    assert crypto.not_after(ca_pem) == NOW + timedelta(days=3650)
     assert kube.secret_data(NS, SECRET)["ca.crt"] == ca_pem
     assert kube.ca_bundles(MWC) == {h: ca_pem for h in HOOKS}
     assert [r.method for r in kube.writes()] == ["PUT", "PATCH"]
 
 
-def test_one_stale_webhook_gets_the_ca_bundle(kube: FakeKube, api: ClientKubeApi, ca: certs.KeyPair) -> None:
+def test_one_stale_webhook_gets_the_ca_bundle(kube: FakeKube, api: ClientKubeApi, ca: crypto.KeyPair) -> None:
     kube.put_secret(NS, SECRET, secret_for(ca))
     kube.add_mwc(MWC, HOOKS, ca_bundle=ca.cert_pem)
     kube.mwcs[MWC]["webhooks"][1]["clientConfig"]["caBundle"] = base64.b64encode(b"stale").decode()
@@ -246,12 +246,12 @@ def test_stale_webhooks() -> None:
 
 
 def _plan_cases() -> list[tuple[str, dict[str, bytes] | None, Action, str]]:
-    good_ca = certs.make_ca(now=NOW - timedelta(days=10))
-    other_ca = certs.make_ca(now=NOW)
-    old_ca = certs.make_ca(days=3650, now=NOW - timedelta(days=3630))
+    good_ca = crypto.make_ca(now=NOW - timedelta(days=10))
+    other_ca = crypto.make_ca(now=NOW)
+    old_ca = crypto.make_ca(days=3650, now=NOW - timedelta(days=3630))
     good = secret_for(good_ca)
     other = secret_for(other_ca)
-    narrow = certs.make_serving_cert(good_ca, "other-svc", NS, now=NOW)
+    narrow = crypto.make_serving_cert(good_ca, "other-svc", NS, now=NOW)
     return [
         ("absent", None, Action.CREATE, "does not exist"),
         ("valid", good, Action.KEEP, "valid"),
@@ -293,8 +293,6 @@ def test_api_error_parses_status_and_tolerates_html() -> None:
 
 
 def test_importing_kube_does_not_import_the_client() -> None:
-    code = (
-        "import sys, injector.kube; print(any(m == 'kubernetes' or m.startswith('kubernetes.') for m in sys.modules))"
-    )
+    code = "import sys, injector.certs.kube; print(any(m.split('.')[0] == 'kubernetes' for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

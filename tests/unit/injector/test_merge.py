@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from injector.merge import strategic_merge
+from injector.core.merge import strategic_merge
 
 
 def spec(**kw: Any) -> dict[str, Any]:

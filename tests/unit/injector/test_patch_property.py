@@ -12,8 +12,8 @@ import kubernetes_validate
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from injector.config import load_config
-from injector.inject import Request, inject
+from injector.core.config import load_config
+from injector.core.inject import Request, inject
 
 CFG = load_config(env={})
 K8S_VERSION = kubernetes_validate.latest_version()
@@ -28,7 +28,8 @@ ENV = st.lists(
 
 @st.composite
 def probe(draw: st.DrawFn, port_names: list[str]) -> dict[str, Any]:
-    port: Any = draw(st.sampled_from(port_names)) if port_names and draw(st.booleans()) else draw(PORT)
+    by_name = bool(port_names) and draw(st.booleans())
+    port: Any = draw(st.sampled_from(port_names)) if by_name else draw(PORT)
     kind = draw(st.sampled_from(["httpGet", "tcpSocket", "grpc", "exec"]))
     handler: dict[str, Any] = {
         "httpGet": {"path": "/h", "port": port},

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from injector.config import load_config
-from injector.policy import decide
-from injector.selectors import parse_selector
+from injector.core.config import load_config
+from injector.core.policy import decide
+from injector.core.selectors import parse_selector
 
 BASE = load_config()
 

@@ -15,8 +15,8 @@ import jsonpatch
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from injector.config import load_config
-from injector.webhook import MAX_BODY, Metrics, Reloader, Webhook, proxy_env_from_path
+from injector.core.config import load_config
+from injector.server.webhook import MAX_BODY, Metrics, Reloader, Webhook, proxy_env_from_path
 
 POD = {"metadata": {"name": "web", "labels": {"app": "web"}}, "spec": {"containers": [{"name": "app", "image": "a:1"}]}}
 
@@ -42,7 +42,8 @@ def call(hook: Webhook, body: bytes, ctype: str | None = "application/json", pat
 
 
 def patch_of(resp: dict[str, Any]) -> list[dict[str, Any]]:
-    return json.loads(base64.b64decode(resp["response"]["patch"]))
+    patch: list[dict[str, Any]] = json.loads(base64.b64decode(resp["response"]["patch"]))
+    return patch
 
 
 @pytest.mark.parametrize("api", ["admission.k8s.io/v1", "admission.k8s.io/v1beta1"])
@@ -172,7 +173,7 @@ def test_proxy_env_from_path(path: str, env: dict[str, str]) -> None:
 
 
 def test_internal_error_is_an_answer_not_a_500(hook: Webhook, monkeypatch: pytest.MonkeyPatch) -> None:
-    import injector.webhook as w
+    import injector.server.webhook as w
 
     def boom(*a: Any, **k: Any) -> Any:
         raise RuntimeError("kaboom")

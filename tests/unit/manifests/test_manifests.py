@@ -21,8 +21,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from injector.config import load_config
-from injector.selectors import parse_selector
+from injector.core.config import load_config
+from injector.core.selectors import parse_selector
 
 ROOT = Path(__file__).resolve().parents[3]
 VENV_BIN = Path(sys.executable).parent
@@ -386,7 +386,7 @@ def test_config_map_loads_as_a_config_dir(base: list[dict[str, Any]], tmp_path: 
     assert cfg.aliases == {"istio": ("sidecar",), "standalone": ("envoy",)}
     assert cfg.native_sidecar_mode == "auto"
     assert cfg.values["global"]["proxy_init"]["image"] == NETINIT_IMAGE
-    shipped = yaml.safe_load((ROOT / "injector" / "defaults" / "values.yaml").read_text())["global"]
+    shipped = yaml.safe_load((ROOT / "injector" / "core" / "defaults" / "values.yaml").read_text())["global"]
     assert (cfg.values["global"]["hub"], cfg.values["global"]["tag"]) == (shipped["hub"], shipped["tag"])
 
 
@@ -643,7 +643,7 @@ def test_init_image() -> None:
 
 
 def test_values_point_at_the_netinit_image() -> None:
-    shipped = yaml.safe_load((ROOT / "injector" / "defaults" / "values.yaml").read_text())
+    shipped = yaml.safe_load((ROOT / "injector" / "core" / "defaults" / "values.yaml").read_text())
     assert shipped["global"]["proxy_init"]["image"] == NETINIT_IMAGE
 
 

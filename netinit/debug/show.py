@@ -3,7 +3,7 @@ would produce them.
 
 Pure: iptables-save text per family in, a ``Reconstruction`` out. The reading is heuristic - each setting is
 recognised by the shape and position of the rules netinit writes for it - so it is checked rather than trusted:
-the reconstructed flags are planned again and compared with the live rules (``netinit.verify``). Anything that
+the reconstructed flags are planned again and compared with the live rules (``netinit.debug.verify``). Anything that
 plan does not account for is reported: foreign chains and rules (not netinit's), and rules of ours no flag
 combination reproduces (hand edits, another tool, another version).
 """
@@ -14,11 +14,11 @@ import ipaddress
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from netinit.config import HostFacts, config_from_flags
+from netinit.core.config import HostFacts, config_from_flags
+from netinit.core.plan import BUILTIN_CHAINS, FAMILIES, OWN_CHAINS, Family, Rule, plan
+from netinit.debug.explain import Tables, load_tables
+from netinit.debug.verify import compare
 from netinit.errors import ConfigError
-from netinit.explain import Tables, load_tables
-from netinit.plan import BUILTIN_CHAINS, FAMILIES, OWN_CHAINS, Family, Rule, plan
-from netinit.verify import compare
 
 # Istio pod annotations for the flags the injector renders (injector/annotations.py: capture_args).
 ANNOTATIONS = {

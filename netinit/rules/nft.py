@@ -6,8 +6,8 @@ address families live in one ``inet`` table: a rule the plan writes identically 
 a rule for one family only says so, through its address (``ip daddr``/``ip6 daddr``) or ``meta nfproto``.
 
 The text is written the way ``nft list table`` prints it back (symbolic priorities, ``/32`` dropped, sorted
-sets, ...), so a re-run compares the live listing with this text directly; ``nft_applier`` falls back to letting
-nft itself canonicalise when another nft version prints differently. A construct without an exact nftables
+sets, ...), so a re-run compares the live listing with this text directly; ``netinit.apply.nftables`` falls back
+to letting nft itself canonicalise when another nft version prints differently. A construct without an exact nftables
 equivalent is refused (``Untranslatable``, exit 2) rather than approximated.
 """
 
@@ -16,8 +16,8 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterable, Sequence
 
+from netinit.core.plan import OWN_CHAINS, Family, Match, Rule, RuleSet, chains_in_order
 from netinit.errors import ConfigError
-from netinit.plan import OWN_CHAINS, Family, Match, Rule, RuleSet, chains_in_order
 
 # Our table per iptables table, in apply order. Istio's names (tools/istio-nftables/pkg/constants).
 TABLES: dict[str, str] = {"nat": "istio-proxy-nat", "mangle": "istio-proxy-mangle", "raw": "istio-proxy-raw"}

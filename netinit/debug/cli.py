@@ -20,14 +20,14 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, NoReturn
 
-from netinit import netns
-from netinit.backends import Backend, Runner, find_executable
-from netinit.config import CaptureConfig, HostFacts, RawOptions, parse_options, resolve
+from netinit.apply import netns
+from netinit.apply.iptables import Backend, Runner, find_executable
+from netinit.core.config import CaptureConfig, HostFacts, RawOptions, parse_options, resolve
+from netinit.core.plan import FAMILIES, Family, plan
+from netinit.debug.explain import NOT_LO, Addr, Connection, Direction, Explanation, Verdict, explain, load_tables
+from netinit.debug.show import reconstruct
+from netinit.debug.verify import Drift, Report, compare, planned_save
 from netinit.errors import BackendError, ConfigError, NetinitError
-from netinit.explain import NOT_LO, Addr, Connection, Direction, Explanation, Verdict, explain, load_tables
-from netinit.plan import FAMILIES, Family, plan
-from netinit.show import reconstruct
-from netinit.verify import Drift, Report, compare, planned_save
 
 COMMANDS = ("explain", "show", "verify")
 EXIT_DRIFT = 1
@@ -203,7 +203,7 @@ def read_live(runner: Runner, forced: str | None = None) -> Rules:
 
 def _native_nft_tables(runner: Runner) -> bool:
     """Whether netinit's native nftables tables are here (False when nft is not installed)."""
-    from netinit.nft_applier import nft_binary
+    from netinit.apply.nftables import nft_binary
 
     try:
         res = runner.run([nft_binary(), "list", "tables", "inet"])
@@ -214,7 +214,7 @@ def _native_nft_tables(runner: Runner) -> bool:
 
 def _native_tables(runner: Runner) -> dict[str, str]:
     """netinit's native nftables tables as ``nft`` lists them; none when nft is not installed or fails."""
-    from netinit.nft_applier import NftApplier, nft_binary
+    from netinit.apply.nftables import NftApplier, nft_binary
 
     try:
         return NftApplier(runner, nft_binary()).live()
@@ -225,7 +225,7 @@ def _native_tables(runner: Runner) -> dict[str, str]:
 def _read_native(tables: Mapping[str, str], iptables_flavors: Sequence[str]) -> Rules:
     """Our native tables read back into the iptables rules they were rendered from (``nft_read``), so that
     explain/show/verify read them as they read iptables; a table that is not netinit's rendering is an error."""
-    from netinit.nft_read import save_texts
+    from netinit.rules.nft_read import save_texts
 
     texts = save_texts(tables)
     notes = [
@@ -482,9 +482,9 @@ def pod_capture_args(path: str, config_dir: str | None) -> tuple[list[str], dict
     own rendering, with ``config_dir``). Imports the injector: only this path pays for it."""
     import yaml
 
-    from injector.config import load_config
+    from injector.core.config import load_config
+    from injector.core.workloads import Options, inject_object, iter_pods
     from injector.errors import InjectorError
-    from injector.workloads import Options, inject_object, iter_pods
 
     try:
         docs = [d for d in yaml.safe_load_all(_read_file(path)) if d is not None]
@@ -619,8 +619,8 @@ def _verify_nft(cfg: CaptureConfig, runner: Runner, flags_text: str, notes: list
     table, with the same tolerance for this nft's spelling that apply uses."""
     import difflib
 
-    from netinit import nft
-    from netinit.nft_applier import NftApplier, differing_tables, nft_binary
+    from netinit.apply.nftables import NftApplier, differing_tables, nft_binary
+    from netinit.rules import nft
 
     applier = NftApplier(runner, nft_binary())
     want, live = nft.render_tables(plan(cfg)), applier.live()

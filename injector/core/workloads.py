@@ -14,10 +14,10 @@ from typing import Any
 
 import yaml
 
-from .config import InjectorConfig
-from .errors import Refused
-from .inject import Request, Workload, inject
-from .policy import decide
+from injector.core.config import InjectorConfig
+from injector.core.inject import Request, Workload, inject
+from injector.core.policy import decide
+from injector.errors import Refused
 
 # kind -> path from the object to its pod template
 POD_TEMPLATES: dict[str, tuple[str, ...]] = {

@@ -13,9 +13,9 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from netinit import nft
-from netinit.backends import Runner, find_executable
+from netinit.apply.iptables import Runner, find_executable
 from netinit.errors import ApplyError, BackendError, DriftError, NetinitError
+from netinit.rules import nft
 
 Log = Callable[[str], None]
 _FALLBACK_PATHS = ("/usr/sbin/nft", "/sbin/nft")

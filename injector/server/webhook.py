@@ -30,11 +30,11 @@ from fastapi import Request as HttpRequest
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from .config import InjectorConfig, load_config
-from .errors import InjectorError, Refused
-from .inject import CLUSTER_ENV, NETWORK_ENV, Request, check_config, inject
-from .policy import decide
-from .review import V1, BadReview, build_response, encode_patch, parse_review, salvage_identity
+from injector.core.config import InjectorConfig, load_config
+from injector.core.inject import CLUSTER_ENV, NETWORK_ENV, Request, check_config, inject
+from injector.core.policy import decide
+from injector.errors import InjectorError, Refused
+from injector.server.review import V1, BadReview, build_response, encode_patch, parse_review, salvage_identity
 
 log = logging.getLogger("sidecar_injector")
 
@@ -440,7 +440,7 @@ class CertKeeper:
     certificate `Reloader` watches, so renewals reach new connections like any other rotation."""
 
     def __init__(self, opts: SelfManaged) -> None:
-        from .kube import ClientKubeApi
+        from injector.certs.kube import ClientKubeApi
 
         self.opts = opts
         self.api = ClientKubeApi(host=opts.api_server)
@@ -451,7 +451,7 @@ class CertKeeper:
         """Ensure the Secret and caBundle are current; True when new files were written."""
         from datetime import UTC, datetime
 
-        from .kube import ensure_serving_cert
+        from injector.certs.kube import ensure_serving_cert
 
         o = self.opts
         bundle = ensure_serving_cert(
@@ -525,7 +525,7 @@ def load_pair(ctx: ssl.SSLContext, cert_file: Path, key_file: Path) -> ssl.SSLCo
 
 def discover_kube_version(api_server: str | None) -> tuple[int, int] | None:
     """The API server's version, or None (logged) when it cannot be read: auto then means legacy sidecars."""
-    from .kube import ClientKubeApi, KubeError
+    from injector.certs.kube import ClientKubeApi, KubeError
 
     try:
         with ClientKubeApi(host=api_server) as api:
@@ -569,10 +569,10 @@ def build(opts: ServeOptions) -> tuple[Webhook, ssl.SSLContext]:
 def _load_placeholder(ctx: ssl.SSLContext) -> None:
     import tempfile
 
-    from . import certs
+    from injector.certs import crypto
 
-    ca = certs.make_ca("sidecar-injector-placeholder", days=1)
-    pair = certs.make_serving_cert(ca, "sidecar-injector-placeholder", "none", days=1)
+    ca = crypto.make_ca("sidecar-injector-placeholder", days=1)
+    pair = crypto.make_serving_cert(ca, "sidecar-injector-placeholder", "none", days=1)
     with tempfile.TemporaryDirectory(prefix="sidecar-injector-tls-") as d:
         Path(d, "tls.crt").write_bytes(pair.cert_pem)
         Path(d, "tls.key").write_bytes(pair.key_pem)
@@ -637,7 +637,7 @@ def with_backoff(
 ) -> None:
     """Call ``fn`` until it succeeds, at most ``attempts`` times, waiting ``delay`` seconds doubled each time (at
     most 30 s) between tries; the last error propagates. Only Kubernetes API errors are retried."""
-    from .kube import KubeError
+    from injector.certs.kube import KubeError
 
     for attempt in range(1, attempts + 1):
         try:

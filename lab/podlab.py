@@ -1,6 +1,6 @@
-"""A pretend API server and kubelet on one machine: the sibling of :mod:`netinit.lab` for whole pods.
+"""A pretend API server and kubelet on one machine: the sibling of :mod:`lab.netlab` for whole pods.
 
-Used by the e2e tests (``tests/e2e``) and ``make demo`` (:mod:`injector.demo`), and handy by hand (as root):
+Used by the e2e tests (``tests/e2e``) and ``make demo`` (:mod:`lab.demo`), and handy by hand (as root):
 
 - :class:`Webhook` runs the real ``sidecar-injector serve`` over TLS with a generated CA and talks to it the way
   the API server does: an ``admission.k8s.io/v1`` AdmissionReview POSTed over HTTPS, the server's certificate
@@ -56,7 +56,7 @@ from typing import Any, Literal
 
 import yaml
 
-from .selectors import parse_selector
+from injector.core.selectors import parse_selector
 
 Flavor = Literal["legacy", "nft", "native-nft"]
 FLAVORS: tuple[Flavor, ...] = ("legacy", "nft")  # the iptables flavours; run_pod also takes "native-nft"
@@ -341,7 +341,7 @@ class Webhook:
             return ""
 
     def start(self) -> None:
-        from . import certs  # cryptography: only when a webhook is actually started
+        from injector.certs import crypto as certs  # cryptography: only when a webhook is actually started
 
         self._tmp = tempfile.TemporaryDirectory(prefix="podlab-webhook-")
         self.workdir = Path(self._tmp.name)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from . import certs
+from injector.certs import crypto
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiException, V1MutatingWebhookConfiguration, V1Secret
@@ -325,25 +325,25 @@ def plan_secret(
     if not ca_pem or not ca_key:
         return Plan(Action.ROTATE_CA, f"secret lacks {CA_CERT if not ca_pem else CA_KEY}")
     try:
-        if not certs.is_ca(ca_pem):
+        if not crypto.is_ca(ca_pem):
             return Plan(Action.ROTATE_CA, f"{CA_CERT} is not a CA certificate")
-        if not certs.matches_key(ca_pem, ca_key):
+        if not crypto.matches_key(ca_pem, ca_key):
             return Plan(Action.ROTATE_CA, f"{CA_KEY} does not match {CA_CERT}")
-        if certs.needs_renewal(ca_pem, now, renew_before):
-            return Plan(Action.ROTATE_CA, f"CA expires {certs.not_after(ca_pem).isoformat()}")
+        if crypto.needs_renewal(ca_pem, now, renew_before):
+            return Plan(Action.ROTATE_CA, f"CA expires {crypto.not_after(ca_pem).isoformat()}")
     except ValueError as e:
         return Plan(Action.ROTATE_CA, f"CA unreadable: {e}")
     cert_pem, key_pem = data.get(TLS_CERT, b""), data.get(TLS_KEY, b"")
     if not cert_pem or not key_pem:
         return Plan(Action.RENEW, f"secret lacks {TLS_CERT if not cert_pem else TLS_KEY}")
     try:
-        if not certs.matches_key(cert_pem, key_pem):
+        if not crypto.matches_key(cert_pem, key_pem):
             return Plan(Action.RENEW, f"{TLS_KEY} does not match {TLS_CERT}")
-        if not certs.signed_by(cert_pem, ca_pem):
+        if not crypto.signed_by(cert_pem, ca_pem):
             return Plan(Action.RENEW, f"{TLS_CERT} is not signed by {CA_CERT}")
-        if certs.needs_renewal(cert_pem, now, renew_before):
-            return Plan(Action.RENEW, f"serving certificate expires {certs.not_after(cert_pem).isoformat()}")
-        missing = sorted(set(sans) - set(certs.subject_alt_names(cert_pem)))
+        if crypto.needs_renewal(cert_pem, now, renew_before):
+            return Plan(Action.RENEW, f"serving certificate expires {crypto.not_after(cert_pem).isoformat()}")
+        missing = sorted(set(sans) - set(crypto.subject_alt_names(cert_pem)))
         if missing:
             return Plan(Action.RENEW, f"serving certificate lacks SANs {', '.join(missing)}")
     except ValueError as e:
@@ -359,7 +359,7 @@ def issue(
     namespace: str,
     now: datetime,
     extra_sans: Sequence[str] = (),
-    cluster_domain: str = certs.DEFAULT_CLUSTER_DOMAIN,
+    cluster_domain: str = crypto.DEFAULT_CLUSTER_DOMAIN,
     cert_days: int = 365,
     ca_days: int = 3650,
 ) -> dict[str, bytes]:
@@ -369,10 +369,10 @@ def issue(
         return {k: data[k] for k in SECRET_KEYS}
     if plan.action is Action.RENEW:
         assert data is not None
-        ca = certs.KeyPair(data[CA_CERT], data[CA_KEY])
+        ca = crypto.KeyPair(data[CA_CERT], data[CA_KEY])
     else:
-        ca = certs.make_ca(days=ca_days, now=now)
-    serving = certs.make_serving_cert(
+        ca = crypto.make_ca(days=ca_days, now=now)
+    serving = crypto.make_serving_cert(
         ca, service, namespace, days=cert_days, cluster_domain=cluster_domain, extra_sans=extra_sans, now=now
     )
     return {CA_CERT: ca.cert_pem, CA_KEY: ca.key_pem, TLS_CERT: serving.cert_pem, TLS_KEY: serving.key_pem}
@@ -400,7 +400,7 @@ def ensure_serving_cert(
     now: datetime,
     renew_before: timedelta = timedelta(days=30),
     extra_sans: Sequence[str] = (),
-    cluster_domain: str = certs.DEFAULT_CLUSTER_DOMAIN,
+    cluster_domain: str = crypto.DEFAULT_CLUSTER_DOMAIN,
     cert_days: int = 365,
     ca_days: int = 3650,
 ) -> CertBundle:
@@ -410,7 +410,7 @@ def ensure_serving_cert(
         if timedelta(days=days) <= renew_before:
             # Every fresh certificate would already be due, and every start would rewrite the Secret.
             raise ValueError(f"{what}={days} must be longer than renew_before={renew_before}")
-    sans = certs.expected_sans(service, namespace, cluster_domain, extra_sans)
+    sans = crypto.expected_sans(service, namespace, cluster_domain, extra_sans)
     bundle: CertBundle | None = None
     for _ in range(MAX_ATTEMPTS):
         data = api.get_secret(namespace, secret_name)

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .annotations import INJECT
-from .config import InjectorConfig
+from injector.core.annotations import INJECT
+from injector.core.config import InjectorConfig
 
 IGNORED_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease", "local-path-storage"})
 

@@ -11,8 +11,8 @@ import subprocess
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol
 
+from netinit.core.plan import Family
 from netinit.errors import ApplyError, BackendError
-from netinit.plan import Family
 
 
 class Completed(NamedTuple):

@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from .config import deep_merge
-from .errors import AnnotationError
+from injector.core.config import deep_merge
+from injector.errors import AnnotationError
 
 # --- names ------------------------------------------------------------------------------------------------------
 INJECT = "sidecar.istio.io/inject"  # label (preferred) or annotation

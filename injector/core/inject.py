@@ -19,13 +19,13 @@ from typing import Any
 import jinja2
 import yaml
 
-from . import annotations as A
-from . import jsondiff, probes
-from .annotations import Settings, capture_args, read_settings
-from .config import InjectorConfig
-from .envoy_bootstrap import bootstrap as envoy_bootstrap
-from .errors import AnnotationError, ConfigError, InjectorError, TemplateBroken, TemplateError
-from .merge import clone, merge_into
+from injector.core import annotations as A
+from injector.core import jsondiff, probes
+from injector.core.annotations import Settings, capture_args, read_settings
+from injector.core.config import InjectorConfig
+from injector.core.envoy_bootstrap import bootstrap as envoy_bootstrap
+from injector.core.merge import clone, merge_into
+from injector.errors import AnnotationError, ConfigError, InjectorError, TemplateBroken, TemplateError
 
 Obj = dict[str, Any]
 

@@ -17,9 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
-from netinit.backends import Applier
-from netinit.errors import ApplyError, DriftError, NetinitError
-from netinit.plan import (
+from netinit.apply.iptables import Applier
+from netinit.core.plan import (
     BUILTIN_CHAINS,
     OWN_CHAINS,
     TABLE_ORDER,
@@ -30,6 +29,7 @@ from netinit.plan import (
     chains_in_order,
     desired_state,
 )
+from netinit.errors import ApplyError, DriftError, NetinitError
 
 Log = Callable[[str], None]
 

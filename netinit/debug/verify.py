@@ -1,7 +1,7 @@
 """``netinit verify``: compare the live rules with the plan rule by rule; any difference is drift.
 
 Pure: a ``RuleSet`` and iptables-save text per family in, a ``Report`` out. "Ours" means what apply and cleanup
-mean (netinit.redirect): our chains entirely, and in built-in chains the rules that jump to our chains or read
+mean (netinit.apply.engine): our chains entirely, and in built-in chains the rules that jump to our chains or read
 exactly as a planned rule. Foreign rules are not drift - apply leaves them alone too - but a foreign rule placed
 *before* ours in a built-in chain is a warning, because traffic it takes never reaches capture.
 
@@ -15,8 +15,8 @@ import difflib
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
-from netinit.plan import BUILTIN_CHAINS, OWN_CHAINS, TABLE_ORDER, Family, Rule, RuleSet, TableState, desired_state
-from netinit.redirect import jump_target, parse_save
+from netinit.apply.engine import jump_target, parse_save
+from netinit.core.plan import BUILTIN_CHAINS, OWN_CHAINS, TABLE_ORDER, Family, Rule, RuleSet, TableState, desired_state
 
 Kind = Literal["missing", "extra", "reordered", "changed", "missing-chain", "extra-chain"]
 

@@ -16,7 +16,7 @@ import socket
 from collections.abc import Callable, Iterable
 from typing import Literal, NamedTuple
 
-from netinit.config import DNS_LISTENER_PORT, WILDCARD, CaptureConfig, Network
+from netinit.core.config import DNS_LISTENER_PORT, WILDCARD, CaptureConfig, Network
 
 Family = Literal[4, 6]
 FAMILIES: tuple[Family, ...] = (4, 6)

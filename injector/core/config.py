@@ -2,7 +2,7 @@
 
 The directory has Istio's two halves as files - ``config.yaml`` (policy, templates, selectors) and
 ``values.yaml`` (images, ports, resources) - so the ConfigMap that mounts it looks like Istio's
-``istio-sidecar-injector``. Templates are Jinja2 YAML: the built-ins in ``injector/templates/``, then any
+``istio-sidecar-injector``. Templates are Jinja2 YAML: the built-ins in ``injector/core/templates/``, then any
 ``<name>.yaml.j2`` file in the directory, then inline ``templates:`` entries in config.yaml (last wins).
 Loading is pure over the files it reads; nothing here caches or watches (the webhook does that).
 """
@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
-from .selectors import LabelSelector, parse_selector
+from injector.core.selectors import LabelSelector, parse_selector
+from injector.errors import ConfigError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULTS_DIR = PACKAGE_DIR / "defaults"

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from netinit.backends import Backend, RestoreApplier, Runner
+from netinit.apply.engine import parse_save
+from netinit.apply.iptables import Backend, RestoreApplier, Runner
+from netinit.core.plan import Family, Rule
 from netinit.errors import ApplyError
-from netinit.plan import Family, Rule
-from netinit.redirect import parse_save
 
 
 def parse_spec(table: str, chain: str, spec: str, insert_at: int | None = None) -> Rule:
     """Inverse of ``Rule.spec()``: the one parser `netinit explain` uses, strict here (libiptc gets only what
     it can express)."""
-    from netinit.explain import parse_rule
+    from netinit.debug.explain import parse_rule
 
     rule, goto, problem = parse_rule(table, chain, spec)
     if rule is None or goto:

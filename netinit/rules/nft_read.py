@@ -17,9 +17,9 @@ import re
 from collections.abc import Mapping
 from typing import NamedTuple
 
-from netinit import nft
+from netinit.core.plan import BUILTIN_CHAINS, FAMILIES, OWN_CHAINS, TABLE_ORDER, Family, Match, Rule
 from netinit.errors import BackendError
-from netinit.plan import BUILTIN_CHAINS, FAMILIES, OWN_CHAINS, TABLE_ORDER, Family, Match, Rule
+from netinit.rules import nft
 
 _TABLE_OF = {name: table for table, name in nft.TABLES.items()}
 _TOKEN = re.compile(r'"[^"]*"|\{[^}]*\}|\S+')

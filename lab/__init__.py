@@ -1,0 +1,1 @@
+"""The lab: throwaway namespaces, a pretend API server and kubelet, demos. Not product: not in the wheel."""

@@ -1,0 +1,1 @@
+"""Pure: flags and env -> validated config -> plan. No I/O."""

@@ -1,0 +1,1 @@
+"""explain, show, verify: reading rules back and saying what they do. Never imported by apply."""

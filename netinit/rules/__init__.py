@@ -1,0 +1,1 @@
+"""Rule text formats: iptables-save (one parser), native nftables render and parse. Pure."""
