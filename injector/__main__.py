@@ -41,9 +41,9 @@ def parser() -> argparse.ArgumentParser:
         type=_kube_version,
         help="Kubernetes version of the target cluster, for --native-sidecar auto (unknown: legacy layout)",
     )
-    from injector.certs import crypto
+    from injector.certs import cli as certs_cli
 
-    crypto.add_parser(sub)
+    certs_cli.add_parser(sub)
     s = sub.add_parser("serve", help="serve the admission webhook over HTTPS")
     s.add_argument("--port", type=int, default=9443)
     s.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all)")
@@ -73,8 +73,10 @@ def serve(args: argparse.Namespace) -> int:
     import ssl
     from pathlib import Path
 
+    from injector import log
+    from injector.certs.keeper import SelfManaged
     from injector.certs.kube import KubeError
-    from injector.server.webhook import SelfManaged, ServeOptions, configure_logging, run
+    from injector.server.serve import ServeOptions, run
 
     self_managed = None
     if args.cert_secret:
@@ -111,7 +113,7 @@ def serve(args: argparse.Namespace) -> int:
         self_managed=self_managed,
         discover_kube_version=self_managed is not None or "KUBERNETES_SERVICE_HOST" in os.environ,
     )
-    configure_logging()
+    log.configure()
     try:
         return run(opts, args.workers)
     except ConfigError as e:
@@ -160,9 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         return serve(args)
     if args.command == "certs":
-        from injector.certs import crypto
+        from injector.certs import cli as certs_cli
 
-        return crypto.run(args)
+        return certs_cli.run(args)
     return 2  # pragma: no cover - argparse rejects unknown commands
 
 

@@ -14,7 +14,9 @@ import pytest
 from injector.core.config import load_config
 from injector.core.inject import check_config
 from injector.errors import ConfigError
-from injector.server.webhook import Metrics, Reloader, Webhook
+from injector.server.contract import Webhook
+from injector.server.metrics import Metrics
+from injector.server.reload import Reloader
 
 REVIEW = json.dumps(
     {

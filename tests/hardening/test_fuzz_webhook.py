@@ -17,7 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from injector.core.config import load_config
-from injector.server.webhook import MAX_BODY, Metrics, Reloader, Webhook
+from injector.server.contract import MAX_BODY, Webhook
+from injector.server.metrics import Metrics
+from injector.server.reload import Reloader
 
 CASES = {"n": 0}
 

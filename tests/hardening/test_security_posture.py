@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from injector.certs.kube import ClientKubeApi, ensure_serving_cert
+from injector.certs.kube import ClientKubeApi
+from injector.certs.lifecycle import ensure_serving_cert
 from injector.core.config import load_config
 from injector.core.inject import Request, inject
 from tests.kube_server import running

@@ -19,6 +19,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from injector.certs import cli as certs_cli
 from injector.certs import crypto
 
 NOW = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
@@ -218,7 +219,7 @@ def test_tls_handshake_fails_with_another_ca(pem_files: tuple[Path, Path, Path],
 
 def cli(*argv: str) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="sidecar-injector")
-    crypto.add_parser(p.add_subparsers(dest="command", required=True))
+    certs_cli.add_parser(p.add_subparsers(dest="command", required=True))
     return p.parse_args(["certs", *argv])
 
 
@@ -239,7 +240,9 @@ def test_cli_defaults() -> None:
 
 def test_cli_creates_ca_and_serving_cert(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out" / "nested"
-    rc = crypto.run(cli("--out-dir", str(out), "--service", "hook", "--namespace", "mesh", "--extra-san", "127.0.0.1"))
+    rc = certs_cli.run(
+        cli("--out-dir", str(out), "--service", "hook", "--namespace", "mesh", "--extra-san", "127.0.0.1")
+    )
     assert rc == 0
     assert sorted(p.name for p in out.iterdir()) == ["ca.crt", "ca.key", "tls.crt", "tls.key"]
     assert (mode(out / "ca.key"), mode(out / "tls.key")) == (0o600, 0o600)
@@ -256,7 +259,7 @@ def test_cli_creates_ca_and_serving_cert(tmp_path: Path, capsys: pytest.CaptureF
 def test_cli_tightens_existing_key_file(tmp_path: Path) -> None:
     (tmp_path / "tls.key").write_text("old")
     (tmp_path / "tls.key").chmod(0o666)
-    assert crypto.run(cli("--out-dir", str(tmp_path))) == 0
+    assert certs_cli.run(cli("--out-dir", str(tmp_path))) == 0
     assert mode(tmp_path / "tls.key") == 0o600
     assert (tmp_path / "tls.key").read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
 
@@ -266,7 +269,7 @@ def test_cli_reuses_given_ca(tmp_path: Path, ca: crypto.KeyPair, capsys: pytest.
     (tmp_path / "my-ca.key").write_bytes(ca.key_pem)
     out = tmp_path / "out"
     args = cli("--out-dir", str(out), "--ca-cert", str(tmp_path / "my-ca.crt"), "--ca-key", str(tmp_path / "my-ca.key"))
-    assert crypto.run(args) == 0
+    assert certs_cli.run(args) == 0
     assert sorted(p.name for p in out.iterdir()) == ["ca.crt", "tls.crt", "tls.key"]
     assert (out / "ca.crt").read_bytes() == ca.cert_pem
     assert crypto.signed_by((out / "tls.crt").read_bytes(), ca.cert_pem)
@@ -320,7 +323,7 @@ def test_cli_bad_input_exits_2_and_writes_nothing(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     out = tmp_path / "out"
-    assert crypto.run(cli("--out-dir", str(out), *_bad_args(case, tmp_path, ca, serving))) == 2
+    assert certs_cli.run(cli("--out-dir", str(out), *_bad_args(case, tmp_path, ca, serving))) == 2
     captured = capsys.readouterr()
     assert message in captured.err and captured.out == ""
     assert not out.exists()

@@ -13,17 +13,8 @@ import jsonpatch
 import pytest
 
 from injector.certs import crypto
-from injector.certs.kube import (
-    SECRET_LABELS,
-    Action,
-    ApiError,
-    ClientKubeApi,
-    KubeUnreachable,
-    ca_bundle_patch,
-    ensure_serving_cert,
-    plan_secret,
-    stale_webhooks,
-)
+from injector.certs.kube import ApiError, ClientKubeApi, KubeUnreachable, ca_bundle_patch
+from injector.certs.lifecycle import SECRET_LABELS, Action, ensure_serving_cert, plan_secret, stale_webhooks
 from tests.kube_server import FakeKube, running
 
 NOW = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)

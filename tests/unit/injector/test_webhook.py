@@ -16,7 +16,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from injector.core.config import load_config
-from injector.server.webhook import MAX_BODY, Metrics, Reloader, Webhook, proxy_env_from_path
+from injector.server.contract import MAX_BODY, Webhook, proxy_env_from_path
+from injector.server.metrics import Metrics
+from injector.server.reload import Reloader
 
 POD = {"metadata": {"name": "web", "labels": {"app": "web"}}, "spec": {"containers": [{"name": "app", "image": "a:1"}]}}
 
@@ -173,7 +175,7 @@ def test_proxy_env_from_path(path: str, env: dict[str, str]) -> None:
 
 
 def test_internal_error_is_an_answer_not_a_500(hook: Webhook, monkeypatch: pytest.MonkeyPatch) -> None:
-    import injector.server.webhook as w
+    import injector.server.contract as w
 
     def boom(*a: Any, **k: Any) -> Any:
         raise RuntimeError("kaboom")
