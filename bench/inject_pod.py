@@ -19,7 +19,8 @@ from collections.abc import Callable
 from typing import Any
 
 from injector.core.config import InjectorConfig, load_config
-from injector.core.inject import Request, inject
+from injector.core.inject import inject
+from injector.core.request import Request
 
 
 def make_pod(containers: int, env: int, template: str, blob: int = 0) -> dict[str, Any]:

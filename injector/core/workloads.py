@@ -15,8 +15,9 @@ from typing import Any
 import yaml
 
 from injector.core.config import InjectorConfig
-from injector.core.inject import Request, Workload, inject
+from injector.core.inject import inject
 from injector.core.policy import decide
+from injector.core.request import Request, Workload
 from injector.errors import Refused
 
 # kind -> path from the object to its pod template

@@ -17,8 +17,9 @@ from typing import Any
 
 from injector import log
 from injector.core.config import InjectorConfig
-from injector.core.inject import CLUSTER_ENV, NETWORK_ENV, Request, inject
+from injector.core.inject import inject
 from injector.core.policy import decide
+from injector.core.request import CLUSTER_ENV, NETWORK_ENV, Request
 from injector.errors import InjectorError, Refused
 from injector.server.metrics import Metrics
 from injector.server.reload import Reloader

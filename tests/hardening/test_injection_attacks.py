@@ -15,9 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from injector.core import annotations as A
+from injector.core import annotations as keys
 from injector.core.config import load_config
-from injector.core.inject import Request, inject
+from injector.core.inject import inject
+from injector.core.request import Request
 from injector.errors import AnnotationError
 
 CFG = load_config(env={})
@@ -25,25 +26,25 @@ K8S = kubernetes_validate.latest_version()
 
 # annotation -> a benign value (same structure as a valid attack-free value would produce)
 SINGLE_LINE = {
-    A.INCLUDE_OUTBOUND_IP_RANGES: "10.0.0.0/8",
-    A.EXCLUDE_OUTBOUND_IP_RANGES: "10.96.0.1/32",
-    A.INCLUDE_INBOUND_PORTS: "8080",
-    A.EXCLUDE_INBOUND_PORTS: "9000",
-    A.INCLUDE_OUTBOUND_PORTS: "5432",
-    A.EXCLUDE_OUTBOUND_PORTS: "3306",
-    A.EXCLUDE_INTERFACES: "eth1",
-    A.KUBEVIRT_INTERFACES: "net1",
-    A.PROXY_IMAGE: "registry.example.com/proxy:1",
-    A.PROXY_CPU: "100m",
-    A.PROXY_MEMORY: "128Mi",
-    A.PROXY_CPU_LIMIT: "1",
-    A.PROXY_MEMORY_LIMIT: "1Gi",
-    A.LOG_LEVEL: "debug",
-    A.COMPONENT_LOG_LEVEL: "upstream:debug",
-    A.AGENT_LOG_LEVEL: "default:info",
-    A.BOOTSTRAP_OVERRIDE: "my-bootstrap",
-    A.STATUS_PORT: "15020",
-    A.READINESS_PERIOD: "5",
+    keys.INCLUDE_OUTBOUND_IP_RANGES: "10.0.0.0/8",
+    keys.EXCLUDE_OUTBOUND_IP_RANGES: "10.96.0.1/32",
+    keys.INCLUDE_INBOUND_PORTS: "8080",
+    keys.EXCLUDE_INBOUND_PORTS: "9000",
+    keys.INCLUDE_OUTBOUND_PORTS: "5432",
+    keys.EXCLUDE_OUTBOUND_PORTS: "3306",
+    keys.EXCLUDE_INTERFACES: "eth1",
+    keys.KUBEVIRT_INTERFACES: "net1",
+    keys.PROXY_IMAGE: "registry.example.com/proxy:1",
+    keys.PROXY_CPU: "100m",
+    keys.PROXY_MEMORY: "128Mi",
+    keys.PROXY_CPU_LIMIT: "1",
+    keys.PROXY_MEMORY_LIMIT: "1Gi",
+    keys.LOG_LEVEL: "debug",
+    keys.COMPONENT_LOG_LEVEL: "upstream:debug",
+    keys.AGENT_LOG_LEVEL: "default:info",
+    keys.BOOTSTRAP_OVERRIDE: "my-bootstrap",
+    keys.STATUS_PORT: "15020",
+    keys.READINESS_PERIOD: "5",
 }
 ATTACKS = st.sampled_from(
     [
@@ -83,7 +84,7 @@ def injected(annotations: dict[str, str], template: str) -> dict[str, Any]:
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": "p", "annotations": {A.TEMPLATES: template, **annotations}},
+        "metadata": {"name": "p", "annotations": {keys.TEMPLATES: template, **annotations}},
         "spec": {"containers": [{"name": "app", "image": "a:1"}]},
     }
     return inject(Request(pod=pod, namespace="ns", config=CFG)).pod
@@ -123,4 +124,4 @@ def test_json_annotations_cannot_smuggle_fields() -> None:
     """userVolume/userVolumeMount are JSON on purpose; a name given inside, or a non-object, is refused."""
     for value in ('{"v": {"name": "other", "emptyDir": {}}}', '{"v": "emptyDir"}', '["v"]', '{"Bad Name": {}}'):
         with pytest.raises(AnnotationError):
-            injected({A.USER_VOLUME: value}, "sidecar")
+            injected({keys.USER_VOLUME: value}, "sidecar")

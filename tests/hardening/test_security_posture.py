@@ -15,7 +15,8 @@ import yaml
 from injector.certs.kube import ClientKubeApi
 from injector.certs.lifecycle import ensure_serving_cert
 from injector.core.config import load_config
-from injector.core.inject import Request, inject
+from injector.core.inject import inject
+from injector.core.request import Request
 from tests.kube_server import running
 
 ROOT = Path(__file__).resolve().parents[2]

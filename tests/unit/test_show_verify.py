@@ -56,18 +56,18 @@ def test_show_reads_istio_defaults_as_flags_and_annotations() -> None:
 
 
 def test_annotation_names_are_the_injectors() -> None:
-    from injector.core import annotations as A
+    from injector.core import annotations as keys
 
     names = {
-        A.INTERCEPTION_MODE,
-        A.INCLUDE_OUTBOUND_IP_RANGES,
-        A.EXCLUDE_OUTBOUND_IP_RANGES,
-        A.INCLUDE_INBOUND_PORTS,
-        A.EXCLUDE_INBOUND_PORTS,
-        A.INCLUDE_OUTBOUND_PORTS,
-        A.EXCLUDE_OUTBOUND_PORTS,
-        A.KUBEVIRT_INTERFACES,
-        A.EXCLUDE_INTERFACES,
+        keys.INTERCEPTION_MODE,
+        keys.INCLUDE_OUTBOUND_IP_RANGES,
+        keys.EXCLUDE_OUTBOUND_IP_RANGES,
+        keys.INCLUDE_INBOUND_PORTS,
+        keys.EXCLUDE_INBOUND_PORTS,
+        keys.INCLUDE_OUTBOUND_PORTS,
+        keys.EXCLUDE_OUTBOUND_PORTS,
+        keys.KUBEVIRT_INTERFACES,
+        keys.EXCLUDE_INTERFACES,
     }
     assert set(ANNOTATIONS.values()) == names
 

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from injector.core.config import load_config
-from injector.core.inject import Request, inject
+from injector.core.inject import inject
+from injector.core.request import Request
 from tests.envoy_bin import envoy_binary
 
 CFG = load_config(env={})

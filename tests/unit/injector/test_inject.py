@@ -9,9 +9,11 @@ from typing import Any
 import jsonpatch
 import pytest
 
-from injector.core import annotations as A
+from injector.core import annotations as keys
 from injector.core.config import load_config
-from injector.core.inject import Request, Workload, canonical_service, inject, uninject, workload_of
+from injector.core.inject import inject, uninject
+from injector.core.render import canonical_service, workload_of
+from injector.core.request import Request, Workload
 from injector.errors import AnnotationError, Refused, TemplateError
 
 CFG = load_config()
@@ -33,47 +35,47 @@ def run(p: dict[str, Any], **kw: Any) -> Any:
 
 
 BAD = [
-    (A.INCLUDE_OUTBOUND_IP_RANGES, "10.0.0.0/33"),
-    (A.INCLUDE_OUTBOUND_IP_RANGES, "*,10.0.0.0/8"),
-    (A.EXCLUDE_OUTBOUND_IP_RANGES, "*"),
-    (A.INCLUDE_INBOUND_PORTS, "80,http"),
-    (A.EXCLUDE_INBOUND_PORTS, "70000"),
-    (A.INCLUDE_OUTBOUND_PORTS, "0"),
-    (A.EXCLUDE_OUTBOUND_PORTS, "1000-2000"),
-    (A.EXCLUDE_INTERFACES, "eth0;reboot"),
-    (A.KUBEVIRT_INTERFACES, "a-very-long-interface-name"),
-    (A.REROUTE_VIRTUAL_INTERFACES, "net 1"),
-    (A.INTERCEPTION_MODE, "redirect"),
-    (A.PROXY_IMAGE, "proxy image"),
-    (A.PROXY_IMAGE, "proxy\n  command: [sh]"),
-    (A.PROXY_CPU, "lots"),
-    (A.PROXY_MEMORY, "128Mi\n"),
-    (A.PROXY_CPU_LIMIT, "-1"),
-    (A.PROXY_MEMORY_LIMIT, "1GB"),
-    (A.NATIVE_SIDECAR, "yes"),
-    (A.REWRITE_PROBES, "maybe"),
-    (A.LOG_LEVEL, "verbose"),
-    (A.COMPONENT_LOG_LEVEL, "upstream=debug"),
-    (A.AGENT_LOG_LEVEL, "default:chatty"),
-    (A.USER_VOLUME, "[1, 2]"),
-    (A.USER_VOLUME, '{"Bad_Name": {"emptyDir": {}}}'),
-    (A.USER_VOLUME_MOUNT, '{"certs": {"readOnly": true}}'),
-    (A.USER_VOLUME_MOUNT, "{not json"),
-    (A.BOOTSTRAP_OVERRIDE, "My_Bootstrap"),
-    (A.STATUS_PORT, "65536"),
-    (A.STATUS_PORT, "abc"),
-    (A.STATUS_PORT, "\u00b2"),  # a digit to str.isdigit(), not to int(): found by the hardening property test
-    (A.EXCLUDE_INBOUND_PORTS, "80,9\u00b2"),
-    (A.READINESS_INITIAL_DELAY, "-1"),
-    (A.READINESS_PERIOD, "0"),
-    (A.READINESS_FAILURE_THRESHOLD, "1.5"),
-    (A.PROXY_CONFIG, "holdApplicationUntilProxyStarts: yes please"),
-    (A.PROXY_CONFIG, "holdApplicationUntilProxyStart: true"),
-    (A.PROXY_CONFIG, "interceptionMode: BOGUS"),
-    (A.PROXY_CONFIG, "proxyMetadata: {PORT: 80}"),
-    (A.PROXY_CONFIG, "[1, 2]"),
-    (A.PROMETHEUS_MERGE, "sometimes"),
-    (A.TEMPLATES, "sidecar,../etc"),
+    (keys.INCLUDE_OUTBOUND_IP_RANGES, "10.0.0.0/33"),
+    (keys.INCLUDE_OUTBOUND_IP_RANGES, "*,10.0.0.0/8"),
+    (keys.EXCLUDE_OUTBOUND_IP_RANGES, "*"),
+    (keys.INCLUDE_INBOUND_PORTS, "80,http"),
+    (keys.EXCLUDE_INBOUND_PORTS, "70000"),
+    (keys.INCLUDE_OUTBOUND_PORTS, "0"),
+    (keys.EXCLUDE_OUTBOUND_PORTS, "1000-2000"),
+    (keys.EXCLUDE_INTERFACES, "eth0;reboot"),
+    (keys.KUBEVIRT_INTERFACES, "a-very-long-interface-name"),
+    (keys.REROUTE_VIRTUAL_INTERFACES, "net 1"),
+    (keys.INTERCEPTION_MODE, "redirect"),
+    (keys.PROXY_IMAGE, "proxy image"),
+    (keys.PROXY_IMAGE, "proxy\n  command: [sh]"),
+    (keys.PROXY_CPU, "lots"),
+    (keys.PROXY_MEMORY, "128Mi\n"),
+    (keys.PROXY_CPU_LIMIT, "-1"),
+    (keys.PROXY_MEMORY_LIMIT, "1GB"),
+    (keys.NATIVE_SIDECAR, "yes"),
+    (keys.REWRITE_PROBES, "maybe"),
+    (keys.LOG_LEVEL, "verbose"),
+    (keys.COMPONENT_LOG_LEVEL, "upstream=debug"),
+    (keys.AGENT_LOG_LEVEL, "default:chatty"),
+    (keys.USER_VOLUME, "[1, 2]"),
+    (keys.USER_VOLUME, '{"Bad_Name": {"emptyDir": {}}}'),
+    (keys.USER_VOLUME_MOUNT, '{"certs": {"readOnly": true}}'),
+    (keys.USER_VOLUME_MOUNT, "{not json"),
+    (keys.BOOTSTRAP_OVERRIDE, "My_Bootstrap"),
+    (keys.STATUS_PORT, "65536"),
+    (keys.STATUS_PORT, "abc"),
+    (keys.STATUS_PORT, "\u00b2"),  # a digit to str.isdigit(), not to int(): found by the hardening property test
+    (keys.EXCLUDE_INBOUND_PORTS, "80,9\u00b2"),
+    (keys.READINESS_INITIAL_DELAY, "-1"),
+    (keys.READINESS_PERIOD, "0"),
+    (keys.READINESS_FAILURE_THRESHOLD, "1.5"),
+    (keys.PROXY_CONFIG, "holdApplicationUntilProxyStarts: yes please"),
+    (keys.PROXY_CONFIG, "holdApplicationUntilProxyStart: true"),
+    (keys.PROXY_CONFIG, "interceptionMode: BOGUS"),
+    (keys.PROXY_CONFIG, "proxyMetadata: {PORT: 80}"),
+    (keys.PROXY_CONFIG, "[1, 2]"),
+    (keys.PROMETHEUS_MERGE, "sometimes"),
+    (keys.TEMPLATES, "sidecar,../etc"),
 ]
 
 
@@ -87,19 +89,19 @@ def test_bad_annotations_refuse_the_pod_naming_annotation_and_value(name: str, v
 
 
 GOOD = [
-    (A.INCLUDE_OUTBOUND_IP_RANGES, " 10.0.0.0/8 , fd00::/8 ", ["-i", "10.0.0.0/8,fd00::/8"]),
-    (A.INCLUDE_OUTBOUND_IP_RANGES, "", ["-i", ""]),
-    (A.EXCLUDE_INBOUND_PORTS, "15020,9000", ["-d", "15090,15021,15020,9000"]),
-    (A.STATUS_PORT, "0", ["-d", "15090,15021"]),
-    (A.INTERCEPTION_MODE, "TPROXY", ["-m", "TPROXY"]),
-    (A.PROXY_CONFIG, '{"interceptionMode": "TPROXY"}', ["-m", "TPROXY"]),
-    (A.KUBEVIRT_INTERFACES, "vnet0", ["-k", "vnet0"]),
+    (keys.INCLUDE_OUTBOUND_IP_RANGES, " 10.0.0.0/8 , fd00::/8 ", ["-i", "10.0.0.0/8,fd00::/8"]),
+    (keys.INCLUDE_OUTBOUND_IP_RANGES, "", ["-i", ""]),
+    (keys.EXCLUDE_INBOUND_PORTS, "15020,9000", ["-d", "15090,15021,15020,9000"]),
+    (keys.STATUS_PORT, "0", ["-d", "15090,15021"]),
+    (keys.INTERCEPTION_MODE, "TPROXY", ["-m", "TPROXY"]),
+    (keys.PROXY_CONFIG, '{"interceptionMode": "TPROXY"}', ["-m", "TPROXY"]),
+    (keys.KUBEVIRT_INTERFACES, "vnet0", ["-k", "vnet0"]),
 ]
 
 
 @pytest.mark.parametrize(("name", "value", "args"), GOOD, ids=[f"{n.split('/')[-1]}={v!r}" for n, v, _ in GOOD])
 def test_annotations_reach_netinit_flags(name: str, value: str, args: list[str]) -> None:
-    r = run(pod({name: value, A.TEMPLATES: "sidecar"}))
+    r = run(pod({name: value, keys.TEMPLATES: "sidecar"}))
     init = next(c for c in r.pod["spec"]["initContainers"] if c["name"] == "istio-init")
     flags = init["args"]
     i = flags.index(args[0])
@@ -107,25 +109,25 @@ def test_annotations_reach_netinit_flags(name: str, value: str, args: list[str])
 
 
 def test_interception_annotation_beats_proxy_config() -> None:
-    r = run(pod({A.INTERCEPTION_MODE: "REDIRECT", A.PROXY_CONFIG: "interceptionMode: TPROXY"}))
+    r = run(pod({keys.INTERCEPTION_MODE: "REDIRECT", keys.PROXY_CONFIG: "interceptionMode: TPROXY"}))
     assert "REDIRECT" in r.pod["spec"]["initContainers"][0]["args"]
 
 
 def test_unknown_template_lists_known_ones() -> None:
     with pytest.raises(TemplateError, match=r"'nope' not found; have envoy, sidecar"):
-        run(pod({A.TEMPLATES: "sidecar,nope"}))
+        run(pod({keys.TEMPLATES: "sidecar,nope"}))
 
 
 def test_partials_are_not_selectable() -> None:
     with pytest.raises(AnnotationError, match="'_common' is not a template name"):
-        run(pod({A.TEMPLATES: "_common"}))
+        run(pod({keys.TEMPLATES: "_common"}))
     with pytest.raises(TemplateError, match="'_common' not found"):
         run(pod(), config=replace(CFG, default_templates=("_common",)))
 
 
 def test_envoy_template_refuses_tproxy() -> None:
     with pytest.raises(TemplateError, match="TPROXY needs the sidecar template"):
-        run(pod({A.INTERCEPTION_MODE: "TPROXY"}))
+        run(pod({keys.INTERCEPTION_MODE: "TPROXY"}))
 
 
 def test_template_that_renders_garbage_is_refused() -> None:
@@ -140,7 +142,7 @@ def test_template_that_renders_garbage_is_refused() -> None:
 def test_refusal_happens_before_anything_is_rendered() -> None:
     # A bad annotation and an unknown template: the annotation is reported (validation comes first).
     with pytest.raises(AnnotationError):
-        run(pod({A.PROXY_CPU: "x", A.TEMPLATES: "nope"}))
+        run(pod({keys.PROXY_CPU: "x", keys.TEMPLATES: "nope"}))
     assert issubclass(AnnotationError, Refused) and issubclass(TemplateError, Refused)
 
 
@@ -158,7 +160,7 @@ def test_refusal_happens_before_anything_is_rendered() -> None:
     ],
 )
 def test_native_sidecar_resolution(mode: str, annotation: str | None, version: Any, native: bool) -> None:
-    ann = {A.NATIVE_SIDECAR: annotation} if annotation else {}
+    ann = {keys.NATIVE_SIDECAR: annotation} if annotation else {}
     r = run(pod(ann), native_sidecar=mode, kube_version=version)
     assert r.native is native
     inits = [c["name"] for c in r.pod["spec"]["initContainers"]]
@@ -169,7 +171,7 @@ def test_native_sidecar_resolution(mode: str, annotation: str | None, version: A
 
 def test_uninject_of_injected_pod_gives_back_the_original() -> None:
     original = pod(
-        {A.TEMPLATES: "sidecar", "prometheus.io/port": "9100"},
+        {keys.TEMPLATES: "sidecar", "prometheus.io/port": "9100"},
         initContainers=[{"name": "setup", "image": "busybox"}],
     )
     original["spec"]["containers"][0]["ports"] = [{"name": "http", "containerPort": 8080}]
@@ -183,7 +185,7 @@ def test_uninject_of_injected_pod_gives_back_the_original() -> None:
     ann = back["metadata"]["annotations"]
     assert ann["prometheus.io/port"] == "9100"
     assert "prometheus.io/path" not in ann and "prometheus.io/scrape" not in ann
-    assert A.STATUS not in ann
+    assert keys.STATUS not in ann
 
 
 def test_uninject_leaves_plain_pods_alone() -> None:
@@ -193,11 +195,11 @@ def test_uninject_leaves_plain_pods_alone() -> None:
 
 def test_broken_status_annotation_is_refused() -> None:
     with pytest.raises(AnnotationError, match=r"sidecar\.istio\.io/status"):
-        run(pod({A.STATUS: "not json"}))
+        run(pod({keys.STATUS: "not json"}))
 
 
 def test_patch_applies_to_the_original_and_leaves_it_untouched() -> None:
-    original = pod({A.TEMPLATES: "sidecar"})
+    original = pod({keys.TEMPLATES: "sidecar"})
     original["metadata"]["managedFields"] = [{"manager": "kubectl", "operation": "Update"}]
     before = copy.deepcopy(original)
     r = run(original)
@@ -207,14 +209,14 @@ def test_patch_applies_to_the_original_and_leaves_it_untouched() -> None:
 
 
 def test_reinjection_yields_an_empty_patch() -> None:
-    first = run(pod({A.TEMPLATES: "sidecar"})).pod
+    first = run(pod({keys.TEMPLATES: "sidecar"})).pod
     again = run(first)
     assert again.pod == first
     assert again.patch == []
 
 
 def test_proxy_env_from_the_webhook_path_wins() -> None:
-    r = run(pod({A.TEMPLATES: "sidecar"}), proxy_env={"ISTIO_META_CLUSTER_ID": "c2", "ISTIO_META_NETWORK": "n2"})
+    r = run(pod({keys.TEMPLATES: "sidecar"}), proxy_env={"ISTIO_META_CLUSTER_ID": "c2", "ISTIO_META_NETWORK": "n2"})
     proxy = next(c for c in r.pod["spec"]["containers"] if c["name"] == "istio-proxy")
     env = {e["name"]: e.get("value") for e in proxy["env"]}
     assert env["ISTIO_META_CLUSTER_ID"] == "c2"

@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from injector.core.config import load_config
-from injector.core.inject import Request, inject
+from injector.core.inject import inject
+from injector.core.request import Request
 
 CFG = load_config(env={})
 K8S_VERSION = kubernetes_validate.latest_version()

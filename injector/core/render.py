@@ -1,0 +1,196 @@
+"""Templates -> partial pods: the Jinja environment, the context a template sees, and the parse of its output.
+
+Templates emit every value through ``| j`` (JSON), so annotation values can never add YAML structure.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jinja2
+import yaml
+
+from injector.core import annotations as keys
+from injector.core.annotations import Settings, capture_args
+from injector.core.config import InjectorConfig
+from injector.core.envoy_bootstrap import bootstrap as envoy_bootstrap
+from injector.core.request import CLUSTER_ENV, NETWORK_ENV, NETWORK_LABEL, PROXY, PROXY_GID, Obj, Request, Workload
+from injector.errors import TemplateBroken, TemplateError
+
+
+@dataclass(frozen=True)
+class Rendered:
+    docs: list[Obj]  # one partial pod per template, in order
+    rewrite_app_probes: bool
+    prometheus_merge: bool
+
+
+def render(req: Request, names: list[str], pod: Obj, s: Settings, native: bool, proxy_uid: int) -> Rendered:
+    env = _environment(tuple(sorted(req.config.templates.items())))
+    ctx = template_context(req, pod, s, native, proxy_uid)
+    docs: list[Obj] = []
+    rewrite = merge = False
+    for name in names:
+        try:
+            module = env.get_template(name).make_module(ctx)
+        except jinja2.TemplateError as e:  # refuse() raises our TemplateError, which passes through
+            raise TemplateBroken(f"template {name!r} failed to render: {e}") from e
+        docs.append(_parse_rendered(req.config, name, str(module)))
+        rewrite = rewrite or bool(getattr(module, "rewrite_app_probes", False))
+        merge = merge or bool(getattr(module, "prometheus_merge", False))
+    return Rendered(docs, rewrite, merge)
+
+
+_PARSE_CACHE_LIMIT = 512
+
+
+def _parse_rendered(config: InjectorConfig, name: str, text: str) -> Obj:
+    """Rendered YAML -> partial pod. Parsing is most of a render's cost and pods of one workload render the same
+    text, so results are memoised per config (they are never mutated: merging copies what it takes)."""
+    key = ("rendered", name, text)
+    doc = config.cache.get(key)
+    if doc is not None:
+        return doc  # type: ignore[no-any-return]
+    try:
+        doc = yaml.load(text, Loader=_YAML_LOADER) or {}
+    except yaml.YAMLError as e:
+        raise TemplateBroken(f"template {name!r} did not render valid YAML: {e}") from e
+    if not isinstance(doc, dict) or set(doc) - {"metadata", "spec"}:
+        raise TemplateBroken(f"template {name!r} must render a mapping with only metadata and spec")
+    doc = _drop_empty_lists(doc)
+    if len(config.cache) >= _PARSE_CACHE_LIMIT:
+        config.cache.clear()
+    config.cache[key] = doc
+    return doc
+
+
+# --- template context -------------------------------------------------------------------------------------------
+
+
+def template_context(req: Request, pod: Obj, s: Settings, native: bool, proxy_uid: int) -> dict[str, Any]:
+    meta = pod.get("metadata") or {}
+    labels = dict(meta.get("labels") or {})
+    annotations = dict(meta.get("annotations") or {})
+    values = req.config.values
+    g = values["global"]
+    workload = req.workload or workload_of(pod, req.namespace)
+    app = [c["name"] for c in (pod.get("spec") or {}).get("containers") or [] if c.get("name") != PROXY]
+    ports = [
+        p
+        for c in (pod.get("spec") or {}).get("containers") or []
+        if c.get("name") != PROXY
+        for p in c.get("ports") or []
+    ]
+    name, revision = canonical_service(labels, workload.name)
+    return {
+        "pod": pod,
+        "labels": labels,
+        "annotations": annotations,
+        "values": values,
+        "s": s,
+        "proxy_config": s.proxy_config,
+        "revision": req.revision,
+        "native": native,
+        "workload": workload,
+        "proxy_uid": proxy_uid,
+        "proxy_gid": PROXY_GID,
+        "proxy_image": _image(s.proxy_image or g["proxy"]["image"], g),
+        "init_image": _image(g["proxy_init"]["image"], g),
+        "capture_args": capture_args(s, proxy_uid),
+        "app_containers": app,
+        "pod_ports": ports,
+        "canonical_name": name,
+        "canonical_revision": revision,
+        "cluster_id": req.proxy_env.get(CLUSTER_ENV) or g["multiCluster"]["clusterName"] or "Kubernetes",
+        "network": network_of(req, labels),
+    }
+
+
+def _refuse(message: str) -> str:
+    raise TemplateError(message)
+
+
+@functools.cache
+def _environment(templates: tuple[tuple[str, str], ...]) -> jinja2.Environment:
+    """One Jinja environment per distinct template set (the config is immutable, so this is a pure cache)."""
+    env = jinja2.Environment(
+        loader=jinja2.DictLoader(dict(templates)),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters["j"] = lambda v: json.dumps(v, ensure_ascii=True)
+    env.filters["compact_json"] = lambda v: json.dumps(v, sort_keys=True, separators=(",", ":"))
+    env.globals["envoy_bootstrap"] = envoy_bootstrap
+    env.globals["refuse"] = _refuse
+    return env
+
+
+# libyaml when present: the pure-Python parser is most of the per-pod cost of a render.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_LABEL_VALUE_EDGE = re.compile(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$")
+
+
+def canonical_service(labels: Mapping[str, str], workload_name: str) -> tuple[str, str]:
+    """Istio's canonical service name and revision, cut to a valid (63-char) label value."""
+    name = next(
+        (labels[k] for k in (keys.CANONICAL_NAME_LABEL, "app.kubernetes.io/name", "app") if labels.get(k)),
+        workload_name,
+    )
+    rev = next(
+        (labels[k] for k in (keys.CANONICAL_REVISION_LABEL, "app.kubernetes.io/version", "version") if labels.get(k)),
+        "latest",
+    )
+    return _LABEL_VALUE_EDGE.sub("", name[:63]), _LABEL_VALUE_EDGE.sub("", rev[:63]) or "latest"
+
+
+def workload_of(pod: Mapping[str, Any], namespace: str) -> Workload:
+    """Istio's heuristic: the controller owner, with a ReplicaSet's pod-template-hash cut off to name the Deployment."""
+    meta = pod.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    name = meta.get("name") or ""
+    if meta.get("generateName"):
+        ref = next((r for r in meta.get("ownerReferences") or [] if r.get("controller")), None)
+        if ref is not None:
+            kind, api, name = ref.get("kind", "Pod"), ref.get("apiVersion", "v1"), ref.get("name", "")
+            pod_hash = labels.get("pod-template-hash", "")
+            if kind == "ReplicaSet" and pod_hash and name.endswith("-" + pod_hash):
+                return Workload(name[: -len(pod_hash) - 1], namespace, "Deployment", "apps/v1")
+            if kind == "Job" and re.fullmatch(r".+-\d{8,}", name):  # a CronJob's Job: <cronjob>-<scheduled minute>
+                return Workload(name.rsplit("-", 1)[0], namespace, "CronJob", "batch/v1")
+            return Workload(name, namespace, kind, api)
+        name = name or meta["generateName"].rstrip("-")
+    return Workload(name, namespace)
+
+
+# --- helpers ----------------------------------------------------------------------------------------------------
+
+
+def _image(image: str, g: Mapping[str, Any]) -> str:
+    """Istio's rule: a value with "/" is a full reference, otherwise hub/<value>:tag."""
+    return image if "/" in image else f"{g['hub']}/{image}:{g['tag']}"
+
+
+def network_of(req: Request, labels: Mapping[str, str]) -> str:
+    return str(
+        labels.get(NETWORK_LABEL) or req.proxy_env.get(NETWORK_ENV) or req.config.values["global"]["network"] or ""
+    )
+
+
+def _drop_empty_lists(doc: Obj) -> Obj:
+    """``initContainers:`` with nothing under it renders as null; to a merge that would mean 'delete'."""
+    for part in ("metadata", "spec"):
+        section = doc.get(part)
+        if section is None:
+            doc.pop(part, None)
+        elif isinstance(section, dict):
+            for k in [k for k, v in section.items() if v is None]:
+                del section[k]
+    return doc
