@@ -1,7 +1,7 @@
 # The two commands of README.md: `make demo` and `make test`. Each bootstraps what it needs.
 PY := .venv/bin/python
 
-.PHONY: bootstrap demo test lint typecheck unit netns
+.PHONY: bootstrap demo test lint typecheck
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -10,8 +10,9 @@ demo: bootstrap
 	$(PY) -m lab.demo
 
 lint: bootstrap
-	$(PY) -m ruff check netinit injector lab tests
-	$(PY) -m ruff format --check netinit injector lab tests
+	$(PY) -m ruff check netinit injector lab tests bench
+	$(PY) -m ruff format --check netinit injector lab tests bench
+	.venv/bin/lint-imports
 
 typecheck: bootstrap
 	$(PY) -m mypy

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from lab import podlab
+from lab import apiserver, podlab, shell, traffic
 
 NAMESPACE = "demo"
 KUBE_VERSION = "1.32"  # what the webhook is told the API server runs: native sidecars (nativeSidecar: auto)
@@ -177,13 +177,13 @@ def run(flavor: str) -> int:
     step("bootstrap")
     why = _missing_tools()
     check(why is None, "root, ip, setpriv, iptables-legacy and iptables-nft are here", why or "")
-    envoy = podlab.envoy_binary()
+    envoy = shell.envoy_binary()
     say(f"envoy: {envoy}")
-    mwc = podlab.load_webhook_configuration()
-    say(f"MutatingWebhookConfiguration: {podlab.MWC_FILE.relative_to(podlab.REPO)}")
+    mwc = apiserver.load_webhook_configuration()
+    say(f"MutatingWebhookConfiguration: {apiserver.MWC_FILE.relative_to(apiserver.REPO)}")
 
     step("start the webhook: sidecar-injector serve, TLS on 127.0.0.1 (a fresh CA = the caBundle)")
-    with podlab.Webhook(podlab.SHIPPED_CONFIG_DIR, mwc=mwc, kube_version=KUBE_VERSION) as webhook:
+    with apiserver.webhook_for(mwc, apiserver.SHIPPED_CONFIG_DIR, kube_version=KUBE_VERSION) as webhook:
         say(f"https://127.0.0.1:{webhook.port}/inject  (config: manifests/base/config, as the ConfigMap)")
         say(f"--kube-version {KUBE_VERSION}: the API server it pretends to serve has native sidecars")
         say(f"the client verifies the certificate for {webhook.server_name}, as the API server does")
@@ -192,7 +192,7 @@ def run(flavor: str) -> int:
 
         step(f"kubectl label namespace {NAMESPACE} istio-injection=enabled")
         pod = json.loads(json.dumps(SAMPLE_POD))
-        chosen = podlab.selecting_webhooks(pod, NAMESPACE, NAMESPACE_LABELS, mwc)
+        chosen = apiserver.selecting_webhooks(pod, NAMESPACE, NAMESPACE_LABELS, mwc)
         say(f"namespace labels: {NAMESPACE_LABELS} + kubernetes.io/metadata.name={NAMESPACE}")
         check(
             [h["name"] for h in chosen] == ["namespace.sidecar-injector.io"],
@@ -201,7 +201,7 @@ def run(flavor: str) -> int:
 
         step(f"kubectl apply -n {NAMESPACE} -f web.yaml  (an nginx-like app on :{APP_PORT})")
         print("".join(f"      {line}\n" for line in yaml.safe_dump(pod, sort_keys=False).splitlines()), end="")
-        injected = podlab.admit(pod, NAMESPACE_LABELS, webhook, namespace=NAMESPACE)
+        injected = apiserver.admit(pod, NAMESPACE_LABELS, webhook, mwc=mwc, namespace=NAMESPACE)
         response = webhook.last_response or {}
         ops = json.loads(base64.b64decode(response.get("patch") or "W10="))  # "[]"
         check(bool(ops), f"admitted: the webhook answered allowed=true with a JSON Patch of {len(ops)} operations")
@@ -236,7 +236,7 @@ def run(flavor: str) -> int:
             after = running.envoy_stats()
             say(f"answer: {res.body.strip() or res.error}  ({res.seconds * 1000:.1f} ms)")
             check(res.status == 200 and res.body.startswith("name=web "), "the app answered")
-            check(podlab.peer_of(res.body) == "127.0.0.6", "the app saw the peer 127.0.0.6: Envoy's inbound upstream")
+            check(traffic.peer_of(res.body) == "127.0.0.6", "the app saw the peer 127.0.0.6: Envoy's inbound upstream")
             inbound_hosts = running.upstream_hosts("InboundPassthroughCluster")
             say(
                 "Envoy: listener virtualInbound (0.0.0.0:15006) connections "
@@ -308,7 +308,7 @@ def run(flavor: str) -> int:
             say('format: [start] "- - -" 0 - bytes_received bytes_sent duration_ms ... "upstream host"')
             check(len(access) == 2, "one access log line per connection Envoy carried")
             step("cleanup: processes, namespaces, temp files")
-    check(running.ns not in podlab.sh("ip", "netns", "list").stdout, "the pod's network namespaces are gone")
+    check(running.ns not in shell.sh("ip", "netns", "list").stdout, "the pod's network namespaces are gone")
 
     print(
         f"\ndemo passed: {len(_checks)} checks in {time.monotonic() - _started:.1f}s.\n"
@@ -350,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     try:
         return run(args.iptables)
-    except podlab.PodLabError as e:
+    except shell.LabError as e:
         print(f"\n    [FAILED] {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 from injector import log
 from injector.files import write_atomic
-from injector.server.metrics import Metrics
 
 
 @dataclass(frozen=True)
@@ -68,13 +67,14 @@ class CertKeeper:
         log.info("serving certificate written", dir=str(o.cert_dir))
         return True
 
-    async def keep(self, metrics: Metrics) -> None:
+    async def keep(self, on_failure: Callable[[], None]) -> None:
+        """Refresh every ``check_interval`` seconds, forever; ``on_failure`` counts a failed refresh (metrics)."""
         while True:
             await asyncio.sleep(self.opts.check_interval)
             try:
                 await asyncio.to_thread(self.refresh)
             except Exception as e:  # noqa: BLE001 - keep serving the current certificate; try again later
-                metrics.errors.labels("cert_refresh").inc()
+                on_failure()
                 log.error("certificate refresh failed", error=f"{type(e).__name__}: {e}")
 
 

@@ -209,7 +209,7 @@ async def _serve(
     server = uvicorn.Server(config)
     tasks = [asyncio.create_task(webhook.watch(opts.reload_interval))]
     if keeper is not None:
-        tasks.append(asyncio.create_task(keeper.keep(webhook.metrics)))
+        tasks.append(asyncio.create_task(keeper.keep(webhook.metrics.errors.labels("cert_refresh").inc)))
     # Everything loaded so far (FastAPI, Jinja, the templates, the config) lives as long as the process: move it
     # out of the collector's sight, so the occasional full collection does not walk it mid-request (p99).
     gc.collect()

@@ -13,15 +13,16 @@ from typing import Any
 import kubernetes_validate  # noqa: F401 - a hard requirement here: admit() schema-checks every injected pod
 import pytest
 
-from lab import podlab
+from lab import apiserver, podlab
+from lab.webhook_process import WebhookProcess
 
 ENABLED = {"istio-injection": "enabled"}
 
 
 @pytest.fixture(scope="session")
-def webhook() -> Iterator[podlab.Webhook]:
+def webhook() -> Iterator[WebhookProcess]:
     """`sidecar-injector serve` with the shipped ConfigMap contents (manifests/base/config), TLS on localhost."""
-    with podlab.Webhook(podlab.SHIPPED_CONFIG_DIR) as hook:
+    with apiserver.shipped_webhook(apiserver.SHIPPED_CONFIG_DIR) as hook:
         yield hook
 
 
@@ -45,11 +46,11 @@ def make_pod(
 
 
 def inject(
-    webhook: podlab.Webhook, pod: dict[str, Any], namespace_labels: dict[str, str] | None = None, ns: str = "shop"
+    webhook: WebhookProcess, pod: dict[str, Any], namespace_labels: dict[str, str] | None = None, ns: str = "shop"
 ) -> dict[str, Any]:
     """Admit ``pod`` into a namespace labelled ``istio-injection=enabled`` (or ``namespace_labels``); asserts that
     it came back injected."""
-    out = podlab.admit(
+    out = apiserver.admit(
         copy.deepcopy(pod), ENABLED if namespace_labels is None else namespace_labels, webhook, namespace=ns
     )
     assert any(c["name"] == "istio-proxy" for c in podlab.all_containers(out)), "the pod was not injected"

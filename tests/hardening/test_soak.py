@@ -82,7 +82,7 @@ async def soak(srv: Server) -> tuple[int, list[str], set[str]]:
     async def faults() -> None:
         while counter["done"] < TOTAL * 0.35:
             await asyncio.sleep(0.01)
-        (srv.config_dir / "config.yaml").write_text("policy: enabled\ndefaultTemplates: [sidecar]\n")
+        (srv.config_path / "config.yaml").write_text("policy: enabled\ndefaultTemplates: [sidecar]\n")
         while counter["done"] < TOTAL * 0.6:
             await asyncio.sleep(0.01)
         await asyncio.to_thread(srv.rotate)
@@ -93,12 +93,12 @@ async def soak(srv: Server) -> tuple[int, list[str], set[str]]:
 
 def test_soak_with_config_change_and_cert_rotation(tmp_path: Path) -> None:
     with serving(tmp_path) as srv:
-        rss0, fds0 = proc_status(srv.proc.pid)
+        rss0, fds0 = proc_status(srv.process.pid)
         start = time.monotonic()
         done, failures, seen = asyncio.run(soak(srv))
         elapsed = time.monotonic() - start
         time.sleep(0.5)  # let the server notice the closed connections
-        rss1, fds1 = proc_status(srv.proc.pid)
+        rss1, fds1 = proc_status(srv.process.pid)
         log = srv.log_file.read_text()
     print(
         f"\nsoak: {done} requests at concurrency {CONCURRENCY} in {elapsed:.1f} s, {len(failures)} failed; "

@@ -19,7 +19,7 @@ import pytest
 
 from injector.core.envoy_bootstrap import bootstrap
 from lab import netlab
-from tests.envoy_bin import envoy_binary
+from lab.shell import envoy_binary
 
 pytestmark = pytest.mark.requires_root
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from injector.core.envoy_bootstrap import bootstrap
-from tests.envoy_bin import envoy_binary
+from lab.shell import envoy_binary
 
 
 def _listeners(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:

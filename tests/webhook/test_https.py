@@ -163,7 +163,7 @@ def test_reload_config_and_rotate_cert_under_load(server: Server) -> None:
     try:
         time.sleep(0.5)
         before = peer_cert(server)
-        (server.config_dir / "config.yaml").write_text("policy: enabled\ndefaultTemplates: [sidecar]\n")
+        (server.config_path / "config.yaml").write_text("policy: enabled\ndefaultTemplates: [sidecar]\n")
         new_cert = server.rotate()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and (peer_cert(server) != new_cert or "sidecar" not in templates_seen):
@@ -189,7 +189,7 @@ def test_reload_config_and_rotate_cert_under_load(server: Server) -> None:
 
 
 def test_broken_config_keeps_the_last_good_one(server: Server) -> None:
-    (server.config_dir / "config.yaml").write_text("policy: [unclosed\n")
+    (server.config_path / "config.yaml").write_text("policy: [unclosed\n")
     conn = server.connection()
     deadline = time.monotonic() + 10
     detail = ""
@@ -221,15 +221,15 @@ def _children(pid: int) -> list[int]:
 
 def test_two_workers_share_the_port_and_stop_together(tmp_path: Path) -> None:
     with serving(tmp_path, "--workers", "2") as srv:
-        workers = _children(srv.proc.pid)
+        workers = _children(srv.process.pid)
         assert len(workers) == 2
         for i in range(20):  # new connections: the kernel spreads them over both processes
             conn = srv.connection()
             status, out = post(conn, review(uid=f"w-{i}"))
             assert status == 200 and out["response"]["uid"] == f"w-{i}" and out["response"]["allowed"]
             conn.close()
-        srv.proc.terminate()
-        assert srv.proc.wait(timeout=15) == 0
+        srv.process.terminate()
+        assert srv.process.wait(timeout=15) == 0
         assert all(
             not Path(f"/proc/{w}").exists() or "zombie" in Path(f"/proc/{w}/status").read_text() for w in workers
         )

@@ -6,7 +6,6 @@ from __future__ import annotations
 import socket
 import ssl
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -15,9 +14,8 @@ from pathlib import Path
 import pytest
 
 from injector.certs import crypto
+from lab.shell import console_script, free_port
 from tests.kube_server import FakeKube, running
-
-from .conftest import _free_port
 
 NS, SECRET, MWC = "sidecar-injector", "sidecar-injector-tls", "sidecar-injector"
 HOSTNAME = "sidecar-injector.sidecar-injector.svc"
@@ -31,10 +29,10 @@ def kube() -> Iterator[FakeKube]:
 
 
 def start(kube: FakeKube, tmp_path: Path, name: str, *extra: str) -> tuple[subprocess.Popen[bytes], int, Path]:
-    port = _free_port()
+    port = free_port()
     log = tmp_path / f"{name}.log"
     cmd = [
-        str(Path(sys.executable).parent / "sidecar-injector"),
+        *console_script("sidecar-injector"),
         "serve",
         "--host", "127.0.0.1",
         "--port", str(port),

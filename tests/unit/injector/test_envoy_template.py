@@ -10,7 +10,7 @@ import pytest
 from injector.core.config import load_config
 from injector.core.inject import inject
 from injector.core.request import Request
-from tests.envoy_bin import envoy_binary
+from lab.shell import envoy_binary
 
 CFG = load_config(env={})
 

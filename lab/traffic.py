@@ -1,0 +1,124 @@
+"""Traffic inside namespaces: one HTTP GET as some uid, and the echo server apps run (who answered, which peer)."""
+
+from __future__ import annotations
+
+import json
+import re
+import select
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from lab.shell import LabError, stop_process
+
+
+def peer_of(body: str) -> str:
+    """The peer IP in an echo server's answer (``name=web peer=127.0.0.6:41234 path=/`` -> ``127.0.0.6``)."""
+    m = re.search(r"\bpeer=([^\s]+):\d+", body)
+    if not m:
+        raise LabError(f"not an echo server answer: {body!r}")
+    return m.group(1)
+
+
+def parse_stats(text: str) -> dict[str, int]:
+    """Envoy admin ``/stats`` text -> counters and gauges (histogram lines are skipped)."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition(": ")
+        if sep and (value.strip().lstrip("-").isascii() and value.strip().lstrip("-").isdigit()):
+            out[name] = int(value)
+    return out
+
+
+_GET = r"""
+import http.client, json, sys, time
+host, port, path, timeout = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+t = time.monotonic()
+try:
+    c = http.client.HTTPConnection(host, port, timeout=timeout)
+    c.request("GET", path)
+    r = c.getresponse()
+    out = {"status": r.status, "body": r.read().decode("utf-8", "replace")}
+except Exception as e:
+    out = {"status": 0, "body": "", "error": "%s: %s" % (type(e).__name__, e)}
+out["seconds"] = time.monotonic() - t
+print(json.dumps(out))
+"""
+
+# The app containers' (and the client's) echo server.
+_ECHO = r"""
+import http.server, socketserver, sys
+name, port = sys.argv[1], int(sys.argv[2])
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.0"
+    def do_GET(self):
+        ip, p = self.client_address[0], self.client_address[1]
+        body = ("name=%s peer=%s:%d path=%s\n" % (name, ip, p, self.path)).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, fmt, *args):
+        sys.stderr.write("%s:%d %s\n" % (self.client_address[0], self.client_address[1], fmt % args))
+        sys.stderr.flush()
+class S(http.server.ThreadingHTTPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+    def server_bind(self):  # HTTPServer's would call getfqdn(): a DNS lookup in a namespace without DNS
+        socketserver.TCPServer.server_bind(self)
+srv = S(("0.0.0.0", port), H)
+print("ready", flush=True)
+srv.serve_forever()
+"""
+
+
+@dataclass(frozen=True)
+class HttpResult:
+    status: int  # 0: nothing answered (error says why)
+    body: str
+    error: str = ""
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 400
+
+
+def http_get(
+    ns: str, host: str, port: int, path: str = "/", *, uid: int | None = None, timeout: float = 2.0
+) -> HttpResult:
+    """One HTTP GET from inside network namespace ``ns`` (as ``uid``/``uid`` when given, else root)."""
+    cmd = ["ip", "netns", "exec", ns]
+    if uid is not None:
+        cmd += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+    cmd += [sys.executable, "-I", "-S", "-c", _GET, host, str(port), path, str(timeout)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 10, check=False)
+    try:
+        out = json.loads(p.stdout)
+    except ValueError:
+        return HttpResult(0, "", f"helper failed ({p.returncode}): {p.stderr.strip()}")
+    return HttpResult(int(out["status"]), str(out["body"]), str(out.get("error", "")), float(out["seconds"]))
+
+
+# --- the webhook (the API server's side of the admission call) ------------------------------------------------
+
+
+def start_echo(ns: str, name: str, port: int, uid: int, log: Path, gid: int | None = None) -> subprocess.Popen[str]:
+    cmd = ["ip", "netns", "exec", ns, "setpriv", f"--reuid={uid}", f"--regid={uid if gid is None else gid}"]
+    cmd += ["--clear-groups", sys.executable, "-I", "-S", "-c", _ECHO, name, str(port)]
+    with log.open("ab") as err:
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True
+        )
+    try:  # also on Ctrl-C/SIGTERM while waiting: the caller has not registered this process yet
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 10.0)
+        if not ready or proc.stdout.readline().strip() != "ready":
+            tail = log.read_text(errors="replace")[-500:]
+            raise LabError(f"echo server {name} on :{port} did not start: {tail}")
+    except BaseException:
+        stop_process(proc)
+        raise
+    return proc
