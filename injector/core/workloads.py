@@ -12,8 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
+from injector.core import manifest_yaml
 from injector.core.config import InjectorConfig
 from injector.core.inject import inject
 from injector.core.policy import decide
@@ -32,21 +31,6 @@ POD_TEMPLATES: dict[str, tuple[str, ...]] = {
 }
 
 
-class _Loader(yaml.SafeLoader):
-    """Keeps timestamps as the strings they were (SafeLoader would make datetimes and change the output)."""
-
-
-_Loader.yaml_implicit_resolvers = {
-    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:timestamp"]
-    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-
-
-class _Dumper(yaml.SafeDumper):
-    def ignore_aliases(self, data: Any) -> bool:
-        return True
-
-
 @dataclass(frozen=True)
 class Options:
     config: InjectorConfig
@@ -59,11 +43,10 @@ def inject_text(text: str, opts: Options, warn: Callable[[str], None] | None = N
     """Inject every workload in a multi-document YAML stream; raises `Refused` naming the object."""
     warn = warn or (lambda m: print(f"warning: {m}", file=sys.stderr))
     try:
-        docs = list(yaml.load_all(text, Loader=_Loader))
-    except yaml.YAMLError as e:
+        docs = manifest_yaml.load_all(text)
+    except manifest_yaml.YAMLError as e:
         raise Refused(f"input is not valid YAML: {e}") from e
-    out = [inject_object(d, opts, warn) for d in docs if d is not None]
-    return yaml.dump_all(out, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=1 << 20)
+    return manifest_yaml.dump_all(inject_object(d, opts, warn) for d in docs)
 
 
 def inject_object(obj: Any, opts: Options, warn: Callable[[str], None]) -> Any:

@@ -122,7 +122,8 @@ class Webhook:
         mime = (content_type or "").split(";")[0].strip().lower()
         if mime != "application/json":
             self.metrics.errors.labels("content_type").inc()
-            entry.update(decision="invalid", reason=f"Content-Type {content_type!r} is not application/json")
+            got = f"Content-Type {content_type!r}" if content_type else "no Content-Type header"
+            entry.update(decision="invalid", reason=f"{got}; expected application/json")
             return 415, {"error": entry["reason"]}
         if not body:
             self.metrics.errors.labels("empty_body").inc()
@@ -146,7 +147,8 @@ class Webhook:
 
         if review.kind != "Pod" or review.operation not in ("CREATE", "") or review.obj is None:
             self.metrics.skipped.labels("not_pod_create").inc()
-            entry.update(decision="skipped", reason=f"not a Pod CREATE ({review.kind} {review.operation})")
+            what = "no object in the request" if review.obj is None else f"{review.kind} {review.operation}"
+            entry.update(decision="skipped", reason=f"not a Pod CREATE with an object ({what})")
             return answer()
         quoted_uid = json.dumps(review.uid).encode()
         body_key = body.replace(quoted_uid, b"") if body.count(quoted_uid) == 1 else None

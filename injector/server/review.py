@@ -92,14 +92,18 @@ def parse_review(body: bytes) -> Review:
 
 
 def salvage_identity(body: bytes) -> tuple[str, str]:
-    """(apiVersion, uid) from a body that failed `parse_review`, so even that answer can be matched up."""
+    """(apiVersion, uid) from a body that failed `parse_review`, so even that answer can be matched up: each is
+    taken wherever it is readable (a v1beta1 review whose ``request`` is null is still answered as v1beta1)."""
     try:
         doc = json.loads(body)
-        api_version = doc.get("apiVersion") if doc.get("apiVersion") in API_VERSIONS else V1
-        uid = doc.get("request", {}).get("uid")
-        return api_version, uid if isinstance(uid, str) else ""
-    except (ValueError, UnicodeDecodeError, AttributeError, RecursionError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return V1, ""
+    if not isinstance(doc, dict):
+        return V1, ""
+    api_version = doc.get("apiVersion")
+    req = doc.get("request")
+    uid = req.get("uid") if isinstance(req, dict) else None
+    return (api_version if api_version in API_VERSIONS else V1), (uid if isinstance(uid, str) else "")
 
 
 def encode_patch(patch: list[dict[str, Any]]) -> str:

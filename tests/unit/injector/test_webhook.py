@@ -136,6 +136,31 @@ def test_uid_is_salvaged_from_a_broken_review(hook: Webhook) -> None:
     assert out["response"]["uid"] == "keep-me"
 
 
+@pytest.mark.parametrize("request_value", ["null", "0", "[]", '"x"'])
+def test_broken_v1beta1_review_is_answered_as_v1beta1(hook: Webhook, request_value: str) -> None:
+    body = b'{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":%s}' % request_value.encode()
+    _, out = call(hook, body)
+    assert out["apiVersion"] == "admission.k8s.io/v1beta1"
+    assert out["response"]["allowed"] is False and "has no request" in out["response"]["status"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("ctype", "says"),
+    [(None, "no Content-Type header; expected application/json"), ("text/plain", "'text/plain'; expected")],
+)
+def test_content_type_error_says_what_came(hook: Webhook, ctype: str | None, says: str) -> None:
+    _, out = call(hook, b"{}", ctype)
+    assert says in out["error"] and "None" not in out["error"]
+
+
+def test_a_review_without_object_is_logged_as_such(hook: Webhook, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="sidecar_injector"):
+        _, out = call(hook, review(obj={}, object=None))
+    assert out["response"] == {"uid": "u-1", "allowed": True}
+    (line,) = [json.loads(r.getMessage()) for r in caplog.records if r.name == "sidecar_injector"]
+    assert line["reason"] == "not a Pod CREATE with an object (no object in the request)"
+
+
 def test_non_pod_or_non_create_is_allowed_untouched(hook: Webhook) -> None:
     _, out = call(hook, review(operation="UPDATE"))
     assert out["response"] == {"uid": "u-1", "allowed": True}
