@@ -16,7 +16,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from netinit.apply import netns
-from netinit.apply.engine import cleanup, render_apply
+from netinit.apply.engine import cleanup, render_restore
 from netinit.apply.iptables import Applier, RestoreApplier, Runner, SubprocessRunner, detect_backend
 from netinit.core.config import CaptureConfig, HostFacts, RunOptions, parse_options, resolve
 from netinit.core.plan import RuleSet, plan
@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         if run.dry_run:
             for fam in ruleset.families():
                 print(f"# IPv{fam}: iptables-restore --noflush <<EOF")
-                sys.stdout.write(render_apply(ruleset.family(fam)))
+                sys.stdout.write(render_restore(ruleset.family(fam)))
                 print("# EOF")
             return 0
 

@@ -26,8 +26,9 @@ from netinit.core.config import CaptureConfig, HostFacts, RawOptions, parse_opti
 from netinit.core.plan import FAMILIES, Family, plan
 from netinit.debug.explain import NOT_LO, Addr, Connection, Direction, Explanation, Verdict, explain, load_tables
 from netinit.debug.show import reconstruct
-from netinit.debug.verify import Drift, Report, compare, planned_save
+from netinit.debug.verify import Drift, Report, compare
 from netinit.errors import BackendError, ConfigError, NetinitError
+from netinit.rules.save import planned_save
 
 COMMANDS = ("explain", "show", "verify")
 EXIT_DRIFT = 1

@@ -1,7 +1,7 @@
 """``netinit explain``: walk one connection through iptables rules as the kernel would, and say why it ends where
 it does.
 
-Pure: the input is ``iptables-save`` text (parsed with ``netinit.apply.engine.parse_save``) and a ``Connection``;
+Pure: the input is ``iptables-save`` text (read with ``netinit.rules.save``) and a ``Connection``;
 the output is an ``Explanation`` - every chain entered, every rule looked at, and the verdict in words. Reading
 live rules, entering namespaces and asking the kernel for routes are ``netinit.debug.cli``'s job.
 
@@ -25,12 +25,11 @@ certainly false still rules a rule out, whatever else it contains.
 from __future__ import annotations
 
 import ipaddress
-import shlex
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal, NamedTuple
 
-from netinit.apply.engine import parse_save
 from netinit.core.plan import BUILTIN_CHAINS, OWN_CHAINS, Family, Match, Rule
+from netinit.rules.save import chain_policies, parse_rule, parse_save
 
 Addr = ipaddress.IPv4Address | ipaddress.IPv6Address
 Tri = bool | None  # True / False / cannot tell
@@ -80,116 +79,10 @@ class Tables(NamedTuple):
         return any(c in OWN_CHAINS for t in self.chains.values() for c in t)
 
 
-_TOP = {"-s": "src", "-d": "dst", "-i": "in_iface", "-o": "out_iface", "-p": "proto"}
-_LONG = {
-    "--source": "-s",
-    "--src": "-s",
-    "--destination": "-d",
-    "--dst": "-d",
-    "--in-interface": "-i",
-    "--out-interface": "-o",
-    "--protocol": "-p",
-    "--match": "-m",
-    "--jump": "-j",
-    "--goto": "-g",
-}
-_ONE_TOKEN_OPTS = {"comment"}
-
-
-def parse_rule(table: str, chain: str, spec: str) -> tuple[Rule | None, bool, str | None]:
-    """Inverse of ``Rule.spec()`` for any rule iptables-save prints: (rule, is goto, problem).
-
-    A rule that cannot be read gets ``None`` and the reason; the walker then reports it instead of guessing.
-    """
-    try:
-        toks = shlex.split(spec)
-    except ValueError as e:
-        return None, False, f"cannot parse rule: {e}"
-    fields: dict[str, str] = {}
-    matches: list[Match] = []
-    target = ""
-    topts: list[tuple[str, str | None]] = []
-    goto = False
-    neg = False
-    i = 0
-    while i < len(toks):
-        t = _LONG.get(toks[i], toks[i])
-        if t == "!":
-            neg = True
-            i += 1
-        elif t in _TOP:
-            if i + 1 >= len(toks):
-                return None, False, f"{t} without a value"
-            fields[_TOP[t]] = ("!" if neg else "") + toks[i + 1]
-            neg = False
-            i += 2
-        elif t == "-m":
-            if i + 1 >= len(toks):
-                return None, False, "-m without a module"
-            module, i = toks[i + 1], i + 2
-            opts: list[tuple[str, str]] = []
-            while i < len(toks):
-                mneg = toks[i] == "!" and i + 1 < len(toks) and toks[i + 1].startswith("--")
-                name = toks[i + 1] if mneg else toks[i]
-                if not name.startswith("--") or name in _LONG:
-                    break
-                i += 2 if mneg else 1
-                vals: list[str] = []
-                if name[2:] in _ONE_TOKEN_OPTS:
-                    vals, i = toks[i : i + 1], i + 1
-                else:
-                    while i < len(toks) and not toks[i].startswith("-") and toks[i] != "!":
-                        vals.append(toks[i])
-                        i += 1
-                opts.append((name[2:], ("!" if mneg else "") + " ".join(vals)))
-            matches.append(Match(module, tuple(opts)))
-        elif t in ("-j", "-g"):
-            if i + 1 >= len(toks):
-                return None, False, f"{t} without a target"
-            goto, target, i = t == "-g", toks[i + 1], i + 2
-            while i < len(toks):
-                if not toks[i].startswith("--"):
-                    return None, False, f"unexpected token {toks[i]!r} after the target"
-                name, i = toks[i][2:], i + 1
-                tv: list[str] = []
-                while i < len(toks) and not toks[i].startswith("--"):
-                    tv.append(toks[i])
-                    i += 1
-                topts.append((name, " ".join(tv) if tv else None))
-        else:
-            return None, False, f"unsupported option {toks[i]!r}"
-    if neg:
-        return None, False, "dangling '!'"
-    rule = Rule(
-        table,
-        chain,
-        target,
-        tuple(topts),
-        src=fields.get("src"),
-        dst=fields.get("dst"),
-        in_iface=fields.get("in_iface"),
-        out_iface=fields.get("out_iface"),
-        proto=fields.get("proto"),
-        matches=tuple(matches),
-    )
-    return rule, goto, None
-
-
 def load_tables(text: str, family: Family) -> Tables:
-    """iptables-save text -> ``Tables`` (rules via ``parse_save``; the policies it drops, read here)."""
-    parsed = parse_save(text)
-    policies: dict[tuple[str, str], str] = {}
-    table = ""
-    for raw in text.splitlines():
-        line = raw.strip()
-        if line.startswith("*"):
-            table = line[1:].strip()
-        elif line.startswith(":") and table:
-            parts = line[1:].split()
-            if len(parts) >= 2 and parts[1] != "-":
-                policies[(table, parts[0])] = parts[1]
+    """iptables-save text -> ``Tables``: every rule read with ``parse_rule``, and the built-in chains' policies."""
     chains: dict[str, dict[str, tuple[Entry, ...]]] = {}
-    for t, st in parsed.items():
+    for t, st in parse_save(text).items():
         chains[t] = {}
         for c, specs in st.chains.items():
             entries = []
@@ -197,7 +90,7 @@ def load_tables(text: str, family: Family) -> Tables:
                 rule, goto, problem = parse_rule(t, c, spec)
                 entries.append(Entry(t, c, n, spec, rule, goto, problem))
             chains[t][c] = tuple(entries)
-    return Tables(family, chains, policies)
+    return Tables(family, chains, chain_policies(text))
 
 
 # --- the connection and the packet ----------------------------------------------------------------------------

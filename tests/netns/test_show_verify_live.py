@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from lab import netlab
-from netinit.apply.engine import render_apply
+from netinit.apply.engine import render_restore
 from netinit.core.config import HostFacts, config_from_flags
 from netinit.core.plan import plan
 from tests.unit.test_plan import CASES
@@ -33,7 +33,7 @@ def test_apply_show_replan_gives_the_applied_rules(name: str, flavor: str, netns
     original = plan(config_from_flags(flags, env, facts))
     for fam in original.families():
         restore = f"{'ip6' if fam == 6 else 'ip'}tables-{flavor}-restore"
-        netlab.sh(restore, "--noflush", ns=netns, input=render_apply(original.family(fam)))
+        netlab.sh(restore, "--noflush", ns=netns, input=render_restore(original.family(fam)))
     rc, doc = cli("show", "--network-namespace", netns)
     assert rc == 0
     assert doc["rules"]["flavor"] == flavor  # detected: the flavour that holds netinit's chains

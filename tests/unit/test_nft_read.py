@@ -10,14 +10,13 @@ from collections.abc import Sequence
 import pytest
 
 from netinit.apply import nftables
-from netinit.apply.engine import parse_save
 from netinit.apply.iptables import Completed
 from netinit.core.config import HostFacts, config_from_flags
 from netinit.core.plan import FAMILIES, Match, Rule, RuleSet, plan
 from netinit.debug import cli
 from netinit.debug.show import reconstruct
-from netinit.debug.verify import planned_save
 from netinit.rules import nft, nft_read
+from netinit.rules.save import parse_save, planned_save
 from tests.unit.test_plan import CASES, ISTIO
 
 

@@ -15,7 +15,8 @@ from netinit.__main__ import main
 from netinit.core.config import HostFacts, config_from_flags
 from netinit.core.plan import Family, plan
 from netinit.debug.show import ANNOTATIONS, reconstruct
-from netinit.debug.verify import compare, diff_rules, planned_save
+from netinit.debug.verify import compare, diff_rules
+from netinit.rules.save import planned_save
 from tests.unit.test_plan import CASES
 
 ISTIO = list(netlab.SIDECAR_ARGS)
