@@ -17,7 +17,8 @@ from collections.abc import Mapping, Sequence
 
 from netinit.apply import netns
 from netinit.apply.engine import cleanup, render_restore
-from netinit.apply.iptables import Applier, RestoreApplier, Runner, SubprocessRunner, detect_backend
+from netinit.apply.iptables import Applier, RestoreApplier, detect_backend
+from netinit.apply.runner import Runner, SubprocessRunner
 from netinit.core.config import CaptureConfig, HostFacts, RunOptions, parse_options, resolve
 from netinit.core.plan import RuleSet, plan
 from netinit.errors import ApplyError, ConfigError, NetinitError

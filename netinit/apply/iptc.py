@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from netinit.apply.iptables import Backend, RestoreApplier, Runner
+from netinit.apply.iptables import Backend, RestoreApplier
+from netinit.apply.runner import Runner
 from netinit.core.plan import Family, Rule
 from netinit.errors import ApplyError
 from netinit.rules.save import parse_rule, parse_save

@@ -10,7 +10,7 @@ import pytest
 
 from lab import netlab
 from netinit.__main__ import main
-from netinit.apply.iptables import Completed, SubprocessRunner
+from netinit.apply.runner import Completed, SubprocessRunner
 from netinit.core.config import config_from_flags
 from netinit.core.plan import desired_state, plan
 from netinit.rules.save import parse_save

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import pytest
 
 from lab import netlab
-from netinit.apply.iptables import Completed
+from netinit.apply.runner import Completed
 from netinit.core.plan import Family
 from netinit.debug.cli import Query, build_connection, read_live
 from netinit.debug.explain import Explanation, explain, load_tables

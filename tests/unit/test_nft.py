@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from netinit.__main__ import main
 from netinit.apply import nftables
-from netinit.apply.iptables import Completed
+from netinit.apply.runner import Completed
 from netinit.core.config import HostFacts, config_from_flags, parse_options, resolve
 from netinit.core.plan import Match, Rule, RuleSet, owner, plan, tcp, udp
 from netinit.errors import ApplyError, BackendError, ConfigError, DriftError

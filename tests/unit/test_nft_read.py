@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import pytest
 
 from netinit.apply import nftables
-from netinit.apply.iptables import Completed
+from netinit.apply.runner import Completed
 from netinit.core.config import HostFacts, config_from_flags
 from netinit.core.plan import FAMILIES, Match, Rule, RuleSet, plan
 from netinit.debug import cli
