@@ -19,7 +19,8 @@ from netinit.apply import netns
 from netinit.apply.engine import cleanup, render_restore
 from netinit.apply.iptables import Applier, RestoreApplier, detect_backend
 from netinit.apply.runner import Runner, SubprocessRunner
-from netinit.core.config import CaptureConfig, HostFacts, RunOptions, parse_options, resolve
+from netinit.core.config import CaptureConfig, HostFacts, RunOptions, resolve
+from netinit.core.flags import parse_options
 from netinit.core.plan import RuleSet, plan
 from netinit.errors import ApplyError, ConfigError, NetinitError
 

@@ -18,19 +18,9 @@ from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from netinit.apply.iptables import Applier
-from netinit.core.plan import (
-    BUILTIN_CHAINS,
-    OWN_CHAINS,
-    TABLE_ORDER,
-    Family,
-    Rule,
-    RuleSet,
-    TableState,
-    chains_in_order,
-    desired_state,
-)
+from netinit.core.plan import BUILTIN_CHAINS, OWN_CHAINS, TABLE_ORDER, Family, Rule, RuleSet, chains_in_order
 from netinit.errors import ApplyError, DriftError, NetinitError
-from netinit.rules.save import jump_target, parse_save
+from netinit.rules.save import TableState, desired_state, jump_target, parse_save
 
 Log = Callable[[str], None]
 

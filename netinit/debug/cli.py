@@ -23,7 +23,8 @@ from typing import Any, NamedTuple, NoReturn
 from netinit.apply import netns
 from netinit.apply.iptables import Backend
 from netinit.apply.runner import Runner, find_executable
-from netinit.core.config import CaptureConfig, HostFacts, RawOptions, parse_options, resolve
+from netinit.core.config import CaptureConfig, HostFacts, resolve
+from netinit.core.flags import RawOptions, parse_options
 from netinit.core.plan import FAMILIES, Family, plan
 from netinit.debug.explain import NOT_LO, Addr, Connection, Direction, Explanation, Verdict, explain, load_tables
 from netinit.debug.show import reconstruct

@@ -15,8 +15,8 @@ import difflib
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
-from netinit.core.plan import BUILTIN_CHAINS, OWN_CHAINS, TABLE_ORDER, Family, RuleSet, TableState, desired_state
-from netinit.rules.save import jump_target, parse_save
+from netinit.core.plan import BUILTIN_CHAINS, OWN_CHAINS, TABLE_ORDER, Family, RuleSet
+from netinit.rules.save import TableState, desired_state, jump_target, parse_save
 
 Kind = Literal["missing", "extra", "reordered", "changed", "missing-chain", "extra-chain"]
 

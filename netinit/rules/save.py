@@ -1,5 +1,7 @@
 """The ``iptables-save`` format: the one reader of its text and of its rule specs, and the one writer of it. Pure.
 
+- ``TableState`` is one table as iptables-save lists it: chain -> rule specs; ``desired_state`` is the plan as
+  that state (our chains, and our rules in the built-in chains).
 - ``parse_save`` reads a dump into table -> chain -> rule specs (what apply, cleanup, rollback and verify compare);
   ``chain_policies`` reads the built-in chains' policies it leaves out (what explain needs).
 - ``parse_rule`` reads one spec back into the structured ``Rule`` the planner builds - the inverse of
@@ -10,9 +12,40 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
-from netinit.core.plan import BUILTIN_CHAINS, TABLE_ORDER, Match, Rule, TableState, desired_state
+from netinit.core.plan import BUILTIN_CHAINS, OWN_CHAINS, TABLE_ORDER, Match, Rule
+
+
+class TableState:
+    """Chains of one table -> their rule specs, in order (as iptables-save would list them)."""
+
+    def __init__(self, chains: dict[str, list[str]] | None = None) -> None:
+        self.chains: dict[str, list[str]] = {} if chains is None else chains
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TableState) and self.chains == other.chains
+
+    def __repr__(self) -> str:
+        return f"TableState({self.chains!r})"
+
+    def own_chains(self) -> dict[str, list[str]]:
+        return {c: r for c, r in self.chains.items() if c in OWN_CHAINS}
+
+
+def desired_state(rules: Iterable[Rule]) -> dict[str, TableState]:
+    """Simulate the plan on empty tables: our chains' content and our rules in built-in chains."""
+    out: dict[str, TableState] = {}
+    for r in rules:
+        st = out.setdefault(r.table, TableState())
+        lst = st.chains.setdefault(r.chain, [])
+        if r.target in OWN_CHAINS:
+            out[r.table].chains.setdefault(r.target, [])
+        if r.insert_at is None:
+            lst.append(r.spec())
+        else:
+            lst.insert(r.insert_at - 1, r.spec())
+    return out
 
 
 def parse_save(text: str) -> dict[str, TableState]:

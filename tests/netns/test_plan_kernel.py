@@ -8,8 +8,8 @@ import pytest
 from lab import netlab
 from netinit.apply.engine import render_restore
 from netinit.core.config import config_from_flags
-from netinit.core.plan import desired_state, plan
-from netinit.rules.save import parse_save
+from netinit.core.plan import plan
+from netinit.rules.save import desired_state, parse_save
 from tests.unit.test_plan import CASES
 
 pytestmark = pytest.mark.requires_root

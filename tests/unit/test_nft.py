@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from netinit.__main__ import main
 from netinit.apply import nftables
 from netinit.apply.runner import Completed
-from netinit.core.config import HostFacts, config_from_flags, parse_options, resolve
+from netinit.core.config import HostFacts, config_from_flags, resolve
+from netinit.core.flags import parse_options
 from netinit.core.plan import Match, Rule, RuleSet, owner, plan, tcp, udp
 from netinit.errors import ApplyError, BackendError, ConfigError, DriftError
 from netinit.rules import nft

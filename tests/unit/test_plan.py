@@ -12,7 +12,8 @@ import pytest
 from lab import netlab
 from netinit.apply.engine import render_restore
 from netinit.core.config import HostFacts, config_from_flags
-from netinit.core.plan import desired_state, plan
+from netinit.core.plan import plan
+from netinit.rules.save import desired_state
 
 GOLDEN = Path(__file__).parent / "golden" / "netinit"
 V6 = HostFacts(has_global_ipv4=False, has_global_ipv6=True)
