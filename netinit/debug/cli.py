@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, NoReturn
 
 from netinit.apply import netns
+from netinit.apply.facts import host_facts
 from netinit.apply.iptables import Backend
 from netinit.apply.runner import Runner, find_executable
 from netinit.core.config import CaptureConfig, HostFacts, resolve
@@ -256,20 +257,8 @@ def _rules_from(ns: argparse.Namespace, runner: Runner) -> Rules:
 
 
 def _facts(raw: RawOptions, netns_name: str | None, pid: int | None) -> HostFacts:
-    """The namespace facts apply would plan with (see netinit.__main__.main)."""
-    from netinit.__main__ import _names
-
-    try:
-        has4, has6 = netns.global_families()
-    except OSError:
-        has4, has6 = True, False
-    if not has4 and not has6:
-        has4 = True
-    users, groups = _names(raw.values)
-    dns: tuple[str, ...] = ()
-    if raw.flags["redirect_dns"] and not raw.flags["capture_all_dns"]:
-        dns = netns.nameservers(netns.resolv_conf_for(netns_name, pid))
-    return HostFacts(has_global_ipv4=has4, has_global_ipv6=has6, dns_servers=dns, group_ids=groups, user_ids=users)
+    """The namespace facts apply would plan with, without apply's strictness (no privileges needed)."""
+    return host_facts(raw, netns_name, pid, strict=False)
 
 
 def _plan_rules(raw: RawOptions, facts: HostFacts) -> Rules:
