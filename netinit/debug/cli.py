@@ -27,9 +27,11 @@ from netinit.apply.runner import Runner, find_executable
 from netinit.core.config import CaptureConfig, HostFacts, resolve
 from netinit.core.flags import RawOptions, parse_options
 from netinit.core.plan import FAMILIES, Family, plan
-from netinit.debug.explain import NOT_LO, Addr, Connection, Direction, Explanation, Verdict, explain, load_tables
+from netinit.debug.model import NOT_LO, Addr, Connection, Direction, load_tables
 from netinit.debug.show import reconstruct
+from netinit.debug.verdict import Explanation, Verdict
 from netinit.debug.verify import Drift, Report, compare
+from netinit.debug.walker import explain
 from netinit.errors import BackendError, ConfigError, NetinitError
 from netinit.rules.save import planned_save
 

@@ -27,7 +27,9 @@ from lab import netlab
 from netinit.apply.runner import Completed
 from netinit.core.plan import Family
 from netinit.debug.cli import Query, build_connection, read_live
-from netinit.debug.explain import Explanation, explain, load_tables
+from netinit.debug.model import load_tables
+from netinit.debug.verdict import Explanation
+from netinit.debug.walker import explain
 
 pytestmark = pytest.mark.requires_root
 
