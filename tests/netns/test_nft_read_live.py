@@ -12,7 +12,8 @@ import pytest
 from lab import netlab
 from netinit.core.config import HostFacts, config_from_flags
 from netinit.core.plan import plan
-from netinit.debug.cli import Query, read_live
+from netinit.debug.connection import Query
+from netinit.debug.live import read_live
 from netinit.rules import nft
 from tests.unit.test_plan import CASES
 
