@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -192,9 +193,11 @@ def iptables_save(ns: str, flavor: str, fam: int = 4) -> str:
     return sh(f"{'ip6' if fam == 6 else 'ip'}tables-{flavor}-save", ns=ns).stdout
 
 
-def strip_save(text: str) -> str:
-    """iptables-save without comments and counters, for comparisons."""
-    return "\n".join(line for line in text.splitlines() if not line.startswith("#"))
+def normalize_save(text: str) -> str:
+    """iptables-save output without its comments (the dump's date), blank lines and chain counters (``[0:0]``),
+    for comparisons and display."""
+    lines = (re.sub(r"\s*\[\d+:\d+\]$", "", line) for line in text.splitlines() if not line.startswith("#"))
+    return "\n".join(line for line in lines if line)
 
 
 def netinit_cmd() -> list[str]:

@@ -57,6 +57,7 @@ from typing import Any, Literal
 import yaml
 
 from injector.core.selectors import parse_selector
+from lab import netlab
 
 Flavor = Literal["legacy", "nft", "native-nft"]
 FLAVORS: tuple[Flavor, ...] = ("legacy", "nft")  # the iptables flavours; run_pod also takes "native-nft"
@@ -171,12 +172,6 @@ def parse_stats(text: str) -> dict[str, int]:
         if sep and (value.strip().lstrip("-").isascii() and value.strip().lstrip("-").isdigit()):
             out[name] = int(value)
     return out
-
-
-def normalize_save(text: str) -> str:
-    """iptables-save output without comments and counters, for comparisons and display."""
-    lines = (re.sub(r"\s*\[\d+:\d+\]$", "", line) for line in text.splitlines() if not line.startswith("#"))
-    return "\n".join(line for line in lines if line)
 
 
 # Runs inside a namespace (``python -I -S -c``; stdlib only). One GET, one JSON line out, never a traceback.
@@ -747,7 +742,7 @@ class RunningPod:
         nftables our ``inet istio-proxy-nat`` table as ``nft`` lists it."""
         if self.flavor == NATIVE_NFT:
             return sh("nft", "list", "table", "inet", "istio-proxy-nat", ns=self.ns).stdout
-        return normalize_save(sh(f"iptables-{self.flavor}-save", "-t", "nat", ns=self.ns).stdout)
+        return netlab.normalize_save(sh(f"iptables-{self.flavor}-save", "-t", "nat", ns=self.ns).stdout)
 
     def pod_request(self, host: str, port: int, path: str = "/", *, uid: int | None = None) -> HttpResult:
         """A GET from inside the pod as the first app container's uid (or ``uid``)."""

@@ -42,13 +42,13 @@ def non_empty(save_text: str) -> dict[str, dict[str, list[str]]]:
     """Tables and chains, minus empty built-in chains (and so tables holding nothing else)."""
     return {
         table: {chain: rules for chain, rules in st_.chains.items() if rules or chain not in BUILTIN}
-        for table, st_ in parse_save(netlab.strip_save(save_text)).items()
+        for table, st_ in parse_save(netlab.normalize_save(save_text)).items()
         if any(st_.chains.values())
     }
 
 
 def foreign_lines(text: str) -> list[str]:
-    return [ln for ln in netlab.strip_save(text).splitlines() if "CNI" in ln]
+    return [ln for ln in netlab.normalize_save(text).splitlines() if "CNI" in ln]
 
 
 def test_missing_iptables_is_a_clear_diagnosis_and_touches_nothing(netns: str, flavor: str) -> None:
@@ -106,10 +106,10 @@ def flag_sets(draw: st.DrawFn) -> list[str]:
 def test_plan_apply_save_is_a_fixed_point_and_cleanup_restores(flavor: str, args: list[str]) -> None:
     with netlab.namespace("hx") as ns:
         netlab.sh(f"iptables-{flavor}-restore", "--noflush", ns=ns, input=FOREIGN)
-        before = netlab.strip_save(netlab.iptables_save(ns, flavor))
+        before = netlab.normalize_save(netlab.iptables_save(ns, flavor))
         res = netinit(ns, flavor, *args)
         assert res.returncode == 0, res.stderr
-        live = parse_save(netlab.strip_save(netlab.iptables_save(ns, flavor)))
+        live = parse_save(netlab.normalize_save(netlab.iptables_save(ns, flavor)))
         # What netinit saw in that namespace: no global address, the host's resolv.conf (no /etc/netns/NS).
         facts = HostFacts(has_global_ipv4=False, dns_servers=netns.nameservers(netns.resolv_conf_for(ns)))
         for table, st_ in desired_state(plan(config_from_flags(args, facts=facts)).v4).items():
@@ -142,7 +142,7 @@ def test_concurrent_runs_against_one_namespace_all_finish_correctly(netns: str, 
     assert [rc for rc, _ in results] == [0] * 8, [err for rc, err in results if rc]
     assert sum("capture rules applied" in err for _, err in results) == 1
     assert sum("already in place" in err for _, err in results) == 7
-    live = parse_save(netlab.strip_save(netlab.iptables_save(netns, flavor)))
+    live = parse_save(netlab.normalize_save(netlab.iptables_save(netns, flavor)))
     expected = desired_state(plan(config_from_flags(ARGS, facts=HostFacts(has_global_ipv4=False))).v4)
     for table, st_ in expected.items():
         for chain, specs in st_.chains.items():

@@ -39,7 +39,7 @@ def netinit(ns: str, flavor: str, *args: str) -> subprocess.CompletedProcess[str
 
 
 def save(ns: str, flavor: str, fam: int = 4) -> str:
-    return netlab.strip_save(netlab.iptables_save(ns, flavor, fam))
+    return netlab.normalize_save(netlab.iptables_save(ns, flavor, fam))
 
 
 def assert_matches_plan(ns: str, flavor: str, args: Sequence[str], fam: int = 4) -> None:
