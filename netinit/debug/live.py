@@ -1,6 +1,6 @@
 """What the debugging commands read from the system: the live rules of the namespace they are in (both iptables
 flavours, or netinit's native nftables tables read back as the iptables rules they were rendered from), the
-kernel's routes and policy rules (``ip -j``), and files. Everything runs through the ``Runner`` seam.
+kernel's routes and policy rules (``ip -j``), and files. Every command runs through the ``Runner`` seam.
 """
 
 from __future__ import annotations
