@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from lab import netlab
-from netinit.apply.engine import render_apply
+from netinit.apply.engine import render_restore
 from netinit.core.config import config_from_flags
 from netinit.core.plan import plan
 from netinit.rules import nft
@@ -70,7 +70,7 @@ def main() -> None:
         print(f"{'what':<52}{'lines':>6}{'p50 ms':>9}{'p90 ms':>9}")
         medians: dict[str, float] = {}
         for label, args in (("default", ARGS), ("1000 CIDRs", big_args())):
-            payload = render_apply(plan(config_from_flags(args)).v4)
+            payload = render_restore(plan(config_from_flags(args)).v4)
             lines = payload.count("\n")
             for flavor in ("legacy", "nft"):
                 for what in ("iptables-restore", "netinit", "netinit --applier iptc"):
@@ -90,7 +90,7 @@ def main() -> None:
                     key = f"{what} ({flavor}, {label})"
                     medians[key] = statistics.median(xs)
                     print(f"{key:<52}{lines:>6}{medians[key]:>9.1f}{xs[int(len(xs) * 0.9) - 1]:>9.1f}", flush=True)
-            script = nft.render_apply(plan(config_from_flags(args)))
+            script = nft.render_script(plan(config_from_flags(args)))
             for what in ("nft -f", "netinit --native-nftables"):
                 xs = []
                 for _ in range(n):

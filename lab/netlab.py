@@ -194,7 +194,8 @@ def iptables_save(ns: str, flavor: str, fam: int = 4) -> str:
 
 
 def normalize_save(text: str) -> str:
-    """iptables-save output without comments, blank lines and chain counters, for comparisons and display."""
+    """iptables-save output without its comments (the dump's date), blank lines and chain counters (``[0:0]``),
+    for comparisons and display."""
     lines = (re.sub(r"\s*\[\d+:\d+\]$", "", line) for line in text.splitlines() if not line.startswith("#"))
     return "\n".join(line for line in lines if line)
 

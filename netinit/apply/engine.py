@@ -18,49 +18,11 @@ from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from netinit.apply.iptables import Applier
-from netinit.core.plan import (
-    BUILTIN_CHAINS,
-    OWN_CHAINS,
-    TABLE_ORDER,
-    Family,
-    Rule,
-    RuleSet,
-    TableState,
-    chains_in_order,
-    desired_state,
-)
+from netinit.core.plan import BUILTIN_CHAINS, OWN_CHAINS, TABLE_ORDER, Family, Rule, RuleSet, chains_in_order
 from netinit.errors import ApplyError, DriftError, NetinitError
+from netinit.rules.save import TableState, desired_state, jump_target, parse_save
 
 Log = Callable[[str], None]
-
-
-def parse_save(text: str) -> dict[str, TableState]:
-    """iptables-save output -> table -> chain -> rule specs (``-A CHAIN`` stripped), in order."""
-    tables: dict[str, TableState] = {}
-    cur: TableState | None = None
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#") or line == "COMMIT":
-            continue
-        if line.startswith("*"):
-            cur = tables.setdefault(line[1:].strip(), TableState())
-        elif cur is None:
-            continue
-        elif line.startswith(":"):
-            cur.chains.setdefault(line[1:].split()[0], [])
-        elif line.startswith("-A "):
-            _, chain, *rest = line.split(" ", 2)
-            cur.chains.setdefault(chain, []).append(rest[0] if rest else "")
-    return tables
-
-
-def jump_target(spec: str) -> str | None:
-    """The chain a rule spec jumps (``-j``) or goes (``-g``) to."""
-    toks = spec.split()
-    for i, t in enumerate(toks[:-1]):
-        if t in ("-j", "-g"):
-            return toks[i + 1]
-    return None
 
 
 class TableDiff(NamedTuple):
@@ -113,7 +75,7 @@ def _has_ours(st: TableState | None) -> bool:
     return bool(st.own_chains()) or any(_ours_in_builtin(st.chains.get(ch, []), set()) for ch in BUILTIN_CHAINS)
 
 
-def render_apply(rules: tuple[Rule, ...]) -> str:
+def render_restore(rules: tuple[Rule, ...]) -> str:
     """The payload for an empty namespace: exactly what a first apply feeds iptables-restore."""
     return "".join(d.payload for d in diff_family(rules, {}))
 

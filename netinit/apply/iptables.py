@@ -1,37 +1,16 @@
-"""The iptables backends: which binaries to call (legacy or nft), and the two appliers.
+"""The iptables backends: which binaries to call (legacy or nft), their detection, and the restore applier.
 
-Everything that runs a command goes through a ``Runner`` (the transport seam): tests wrap the real one to
-inject a failure at an exact step; production uses ``SubprocessRunner``.
+Every command runs through a ``netinit.apply.runner.Runner``.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
+from netinit.apply.runner import Runner, find_executable
 from netinit.core.plan import Family
 from netinit.errors import ApplyError, BackendError
-
-
-class Completed(NamedTuple):
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-class Runner(Protocol):
-    def run(self, argv: Sequence[str], stdin: str | None = None) -> Completed: ...
-
-
-class SubprocessRunner:
-    def run(self, argv: Sequence[str], stdin: str | None = None) -> Completed:
-        try:
-            p = subprocess.run(list(argv), input=stdin, capture_output=True, text=True, timeout=60, check=False)
-        except FileNotFoundError:
-            return Completed(127, "", f"{argv[0]}: not found")
-        return Completed(p.returncode, p.stdout, p.stderr)
 
 
 class Backend(NamedTuple):
@@ -44,15 +23,6 @@ class Backend(NamedTuple):
 
     def restore_cmd(self, fam: Family) -> list[str]:
         return [f"{'ip6' if fam == 6 else 'ip'}tables-{self.flavor}-restore"]
-
-
-def find_executable(name: str) -> str | None:
-    """`shutil.which` for plain names, without importing shutil (and fnmatch) on the start-up path."""
-    for d in os.environ.get("PATH", os.defpath).split(os.pathsep):
-        path = os.path.join(d or ".", name)
-        if os.path.isfile(path) and os.access(path, os.X_OK):
-            return path
-    return None
 
 
 def _binaries(flavor: str) -> list[str]:

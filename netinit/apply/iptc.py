@@ -11,17 +11,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from netinit.apply.engine import parse_save
-from netinit.apply.iptables import Backend, RestoreApplier, Runner
+from netinit.apply.iptables import Backend, RestoreApplier
+from netinit.apply.runner import Runner
 from netinit.core.plan import Family, Rule
 from netinit.errors import ApplyError
+from netinit.rules.save import parse_rule, parse_save
 
 
 def parse_spec(table: str, chain: str, spec: str, insert_at: int | None = None) -> Rule:
-    """Inverse of ``Rule.spec()``: the one parser `netinit explain` uses, strict here (libiptc gets only what
-    it can express)."""
-    from netinit.debug.explain import parse_rule
-
+    """Inverse of ``Rule.spec()`` (``netinit.rules.save.parse_rule``), strict here: libiptc gets only what it can
+    express."""
     rule, goto, problem = parse_rule(table, chain, spec)
     if rule is None or goto:
         raise ApplyError(f"netinit: cannot interpret rule {spec!r}: {problem or 'goto (-g) is not supported'}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from netinit.apply.iptables import Runner, find_executable
+from netinit.apply.runner import Runner, find_executable
 from netinit.errors import ApplyError, BackendError, DriftError, NetinitError
 from netinit.rules import nft
 

@@ -16,7 +16,8 @@ import struct
 import time
 from collections.abc import Callable
 
-from netinit.core.config import WILDCARD, CaptureConfig
+from netinit.core.config import CaptureConfig
+from netinit.core.values import WILDCARD
 from netinit.errors import ValidationFailed
 
 SO_ORIGINAL_DST = 80

@@ -1,9 +1,10 @@
 """``plan(config) -> RuleSet``: the rules istio-iptables programs, in its order. Pure; no I/O.
 
 Each rule is structured data (addresses, interfaces, protocol, match modules, target) so that one plan
-feeds several renderers: iptables-restore text (apply and ``--dry-run``), python-iptables objects, and
-later the ``explain`` matcher. ``Rule.spec()`` prints a rule exactly as ``iptables-save`` prints it
-(legacy and nft print the same text), so the live state can be compared with the plan line by line.
+feeds several consumers: iptables-restore text (apply and ``--dry-run``), python-iptables objects, native
+nftables (``netinit.rules.nft``) and the ``netinit explain`` matcher. ``Rule.spec()`` prints a rule exactly as
+``iptables-save`` prints it (legacy and nft print the same text), so the live state can be compared with the plan
+line by line; ``netinit.rules.save`` reads that text back.
 
 The order of the calls below is the order of istio-iptables' ``Run()`` (tools/istio-iptables/pkg/capture),
 studied from its source; the expectations in tests/unit/test_plan.py are our own.
@@ -16,7 +17,8 @@ import socket
 from collections.abc import Callable, Iterable
 from typing import Literal, NamedTuple
 
-from netinit.core.config import DNS_LISTENER_PORT, WILDCARD, CaptureConfig, Network
+from netinit.core.config import DNS_LISTENER_PORT, CaptureConfig
+from netinit.core.values import WILDCARD, Network
 
 Family = Literal[4, 6]
 FAMILIES: tuple[Family, ...] = (4, 6)
@@ -437,40 +439,6 @@ def _tproxy_tail(b: _Builder, cfg: CaptureConfig, lo: dict[int, str], mark: str)
             insert_at=3,
         )
     )
-
-
-# --- the plan as table state ------------------------------------------------------------------------------
-
-
-class TableState:
-    """Chains of one table -> their rule specs, in order (as iptables-save would list them)."""
-
-    def __init__(self, chains: dict[str, list[str]] | None = None) -> None:
-        self.chains: dict[str, list[str]] = {} if chains is None else chains
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, TableState) and self.chains == other.chains
-
-    def __repr__(self) -> str:
-        return f"TableState({self.chains!r})"
-
-    def own_chains(self) -> dict[str, list[str]]:
-        return {c: r for c, r in self.chains.items() if c in OWN_CHAINS}
-
-
-def desired_state(rules: Iterable[Rule]) -> dict[str, TableState]:
-    """Simulate the plan on empty tables: our chains' content and our rules in built-in chains."""
-    out: dict[str, TableState] = {}
-    for r in rules:
-        st = out.setdefault(r.table, TableState())
-        lst = st.chains.setdefault(r.chain, [])
-        if r.target in OWN_CHAINS:
-            out[r.table].chains.setdefault(r.target, [])
-        if r.insert_at is None:
-            lst.append(r.spec())
-        else:
-            lst.insert(r.insert_at - 1, r.spec())
-    return out
 
 
 def chains_in_order(rules: Iterable[Rule], table: str) -> list[str]:

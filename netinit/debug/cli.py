@@ -1,12 +1,13 @@
-"""``netinit explain | show | verify``: the debugging commands' edge - arguments, where the rules come from,
-output. The thinking is in the pure modules (``explain``, ``show``, ``verify``); this module only does I/O.
+"""``netinit explain | show | verify``: the debugging commands' edge - arguments, dispatch, output. The thinking is
+in the pure modules (``walker``, ``show``, ``verify``); reading the system is ``live``'s, reading a pod ``pod``'s.
 
 Imported by ``netinit.__main__`` only when one of these words comes first, so the init container's apply path
-never pays for it. Rules come from one of three places, all as iptables-save text:
+never pays for it. The rules come from one of three places, all as iptables-save text (a ``RuleSource``):
 
 - the live namespace (the current one, ``--network-namespace NAME|PATH`` or ``--pid PID``), read with
   ``ip(6)tables-{legacy,nft}-save`` through the ``Runner`` seam - or, when netinit's rules there are native
-  nftables tables (``--native-nftables``), with ``nft list ruleset inet``, translated back by ``nft_read``;
+  nftables tables (``--native-nftables``), with ``nft list ruleset inet``, translated back by ``nft_read``
+  (``netinit.debug.live.read_live``);
 - a saved dump (``--rules-file``/``--rules-file6``: iptables-save output from a bug report);
 - the plan for netinit capture flags given on the same command line (no privileges needed).
 """
@@ -18,35 +19,30 @@ import ipaddress
 import json
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple, NoReturn
+from typing import NoReturn
 
 from netinit.apply import netns
-from netinit.apply.iptables import Backend, Runner, find_executable
-from netinit.core.config import CaptureConfig, HostFacts, RawOptions, parse_options, resolve
-from netinit.core.plan import FAMILIES, Family, plan
-from netinit.debug.explain import NOT_LO, Addr, Connection, Direction, Explanation, Verdict, explain, load_tables
+from netinit.apply.facts import host_facts
+from netinit.apply.runner import Runner
+from netinit.core.config import CaptureConfig, HostFacts, resolve
+from netinit.core.flags import RawOptions, parse_options
+from netinit.core.plan import Family, plan
+from netinit.debug.connection import Query, build_connection, parse_endpoint
+from netinit.debug.live import RuleSource, read_file, read_live, routing_drift, tproxy_table
+from netinit.debug.model import Connection, load_tables
 from netinit.debug.show import reconstruct
-from netinit.debug.verify import Drift, Report, compare, planned_save
-from netinit.errors import BackendError, ConfigError, NetinitError
+from netinit.debug.verdict import Explanation, Verdict
+from netinit.debug.verify import Report, compare
+from netinit.debug.walker import explain
+from netinit.errors import ConfigError, NetinitError
+from netinit.rules.save import planned_save
 
-COMMANDS = ("explain", "show", "verify")
 EXIT_DRIFT = 1
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise ConfigError(f"{self.prog}: {message}")
-
-
-class Rules(NamedTuple):
-    """The rules to look at: iptables-save text per family, and where it came from."""
-
-    texts: Mapping[Family, str]
-    source: str  # live | file | plan
-    origin: str  # in words, for the output
-    flavor: str | None = None
-    notes: tuple[str, ...] = ()
-    config: CaptureConfig | None = None  # the plan's config (source "plan")
 
 
 def _print(msg: str) -> None:
@@ -101,8 +97,13 @@ def build_parser(cmd: str) -> argparse.ArgumentParser:
             "report missing, extra, reordered and changed rules. Exit 0: as planned; 1: drift; 2: bad input.",
             epilog="Capture flags and their env vars are read as `netinit` reads them.",
         )
-        p.add_argument("--from-pod", metavar="FILE", help="take the flags from this pod manifest's istio-init")
-        p.add_argument("--config-dir", metavar="DIR", help="with --from-pod: the injector config of the cluster")
+        p.add_argument(
+            "--from-pod",
+            metavar="FILE",
+            help="take the flags from this injected pod's istio-init (JSON, e.g. kubectl get pod NAME -o json; "
+            "YAML where PyYAML is installed)",
+        )
+        p.add_argument("--config-dir", help=argparse.SUPPRESS)  # gone: netinit no longer injects (see _verify)
     _common(p)
     return p
 
@@ -140,245 +141,32 @@ def _enter(ns: argparse.Namespace) -> tuple[str | None, int | None]:
     return ns.network_namespace, pid
 
 
-def _read_file(path: str) -> str:
-    try:
-        if path == "-":
-            return sys.stdin.read()
-        with open(path) as f:
-            return f.read()
-    except OSError as e:
-        raise ConfigError(f"netinit: cannot read {path}: {e.strerror}") from None
-
-
-def read_live(runner: Runner, forced: str | None = None) -> Rules:
-    """Both families of the flavour that holds the rules (the one holding netinit's, else any, else nft).
-
-    Both flavours are read because the kernel evaluates both: rules in the other one are reported, not hidden.
-    Without netinit's chains in either flavour (and no ``forced`` flavour), netinit's native nftables tables are
-    read instead when present, as the iptables rules they were rendered from.
-    """
-    got: dict[str, dict[Family, str]] = {}
-    problems: list[str] = []
-    for flavor in [forced] if forced else ["legacy", "nft"]:
-        b = Backend(flavor)
-        cmds = [b.save_cmd(f)[0] for f in FAMILIES]
-        missing = [c for c in cmds if find_executable(c) is None]
-        if missing:
-            problems.append(f"{', '.join(missing)} not found")
-            continue
-        texts: dict[Family, str] = {}
-        for fam in FAMILIES:
-            res = runner.run(b.save_cmd(fam))
-            if res.returncode != 0:
-                problems.append(f"{' '.join(b.save_cmd(fam))} failed: {res.stderr.strip()}")
-                break
-            texts[fam] = res.stdout
-        else:
-            got[flavor] = texts
-
-    def holds(flavor: str, what: str) -> bool:
-        return any(line.startswith(what) for t in got[flavor].values() for line in t.splitlines())
-
-    ours = [f for f in got if holds(f, ":ISTIO_")]
-    anything = [f for f in got if holds(f, "-A ")]
-    native = None if ours or forced else _native_tables(runner)
-    if native:
-        return _read_native(native, anything)
-    if not got:
-        raise BackendError(f"netinit: cannot read the rules: {'; '.join(problems)}")
-    flavor = (ours or anything or (["nft"] if "nft" in got else list(got)))[0]
-    notes = [
-        f"iptables-{other} also holds rules: the kernel evaluates both flavours, these results read only "
-        f"iptables-{flavor}"
-        for other in got
-        if other != flavor and other in anything
-    ]
-    if native is None and _native_nft_tables(runner):
-        notes.append(
-            "this namespace also has netinit's native nftables tables (inet istio-proxy-*), which these results do "
-            "not read (they read netinit's iptables rules); check them with: netinit verify --native-nftables FLAGS"
-        )
-    return Rules(got[flavor], "live", f"live rules (iptables-{flavor})", flavor, tuple(notes))
-
-
-def _native_nft_tables(runner: Runner) -> bool:
-    """Whether netinit's native nftables tables are here (False when nft is not installed)."""
-    from netinit.apply.nftables import nft_binary
-
-    try:
-        res = runner.run([nft_binary(), "list", "tables", "inet"])
-    except BackendError:
-        return False
-    return res.returncode == 0 and "istio-proxy-" in res.stdout
-
-
-def _native_tables(runner: Runner) -> dict[str, str]:
-    """netinit's native nftables tables as ``nft`` lists them; none when nft is not installed or fails."""
-    from netinit.apply.nftables import NftApplier, nft_binary
-
-    try:
-        return NftApplier(runner, nft_binary()).live()
-    except BackendError:
-        return {}
-
-
-def _read_native(tables: Mapping[str, str], iptables_flavors: Sequence[str]) -> Rules:
-    """Our native tables read back into the iptables rules they were rendered from (``nft_read``), so that
-    explain/show/verify read them as they read iptables; a table that is not netinit's rendering is an error."""
-    from netinit.rules.nft_read import save_texts
-
-    texts = save_texts(tables)
-    notes = [
-        "read from netinit's native nftables tables (inet istio-proxy-*) with nft, as the iptables rules they were "
-        "rendered from; netinit verify --native-nftables FLAGS compares the tables themselves with a plan"
-    ]
-    notes += [
-        f"iptables-{f} also holds rules: the kernel evaluates them too, these results read only the native tables"
-        for f in iptables_flavors
-    ]
-    return Rules(texts, "live", "live rules (native nftables)", "native-nftables", tuple(notes))
-
-
-def _rules_from(ns: argparse.Namespace, runner: Runner) -> Rules:
+def _rules_from(ns: argparse.Namespace, runner: Runner) -> RuleSource:
     if ns.rules_file or ns.rules_file6:
         texts: dict[Family, str] = {}
         if ns.rules_file:
-            texts[4] = _read_file(ns.rules_file)
+            texts[4] = read_file(ns.rules_file)
         if ns.rules_file6:
-            texts[6] = _read_file(ns.rules_file6)
+            texts[6] = read_file(ns.rules_file6)
         names = " and ".join(f for f in (ns.rules_file, ns.rules_file6) if f)
-        return Rules(texts, "file", f"saved rules from {names}")
+        return RuleSource(texts, "file", f"saved rules from {names}")
     _enter(ns)
     return read_live(runner, ns.force_iptables_binary)
 
 
 def _facts(raw: RawOptions, netns_name: str | None, pid: int | None) -> HostFacts:
-    """The namespace facts apply would plan with (see netinit.__main__.main)."""
-    from netinit.__main__ import _names
-
-    try:
-        has4, has6 = netns.global_families()
-    except OSError:
-        has4, has6 = True, False
-    if not has4 and not has6:
-        has4 = True
-    users, groups = _names(raw.values)
-    dns: tuple[str, ...] = ()
-    if raw.flags["redirect_dns"] and not raw.flags["capture_all_dns"]:
-        dns = netns.nameservers(netns.resolv_conf_for(netns_name, pid))
-    return HostFacts(has_global_ipv4=has4, has_global_ipv6=has6, dns_servers=dns, group_ids=groups, user_ids=users)
+    """The namespace facts apply would plan with, without apply's strictness (no privileges needed)."""
+    return host_facts(raw, netns_name, pid, strict=False)
 
 
-def _plan_rules(raw: RawOptions, facts: HostFacts) -> Rules:
+def _plan_rules(raw: RawOptions, facts: HostFacts) -> RuleSource:
     cfg, _run = resolve(raw, facts, warn=_print)
     rs = plan(cfg)
     texts = {fam: planned_save(rs.family(fam)) for fam in rs.families()}
-    return Rules(texts, "plan", "the plan for the given flags", config=cfg)
+    return RuleSource(texts, "plan", "the plan for the given flags", config=cfg)
 
 
 # --- explain --------------------------------------------------------------------------------------------------
-
-
-def parse_endpoint(value: str, flag: str, need_port: bool) -> tuple[Addr, int | None]:
-    """``IP``, ``IP:PORT``, ``[V6]:PORT`` or a bare IPv6 address."""
-    host, port = value, None
-    if value.startswith("["):
-        host, _, rest = value[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else None
-    elif value.count(":") == 1:
-        host, _, port = value.partition(":")
-    try:
-        addr = ipaddress.ip_address(host)
-        p = int(port) if port is not None else None
-    except ValueError:
-        raise ConfigError(f"netinit: invalid value for {flag}: {value!r} (expected IP:PORT or [IPv6]:PORT)") from None
-    if (p is not None and not 0 < p < 65536) or (need_port and p is None):
-        raise ConfigError(f"netinit: invalid value for {flag}: {value!r} (expected a port 1-65535)")
-    return addr, p
-
-
-def _route(runner: Runner, dst: Addr, src: Addr | None = None, mark: int = 0) -> dict[str, Any] | str:
-    """The kernel's route for ``dst`` (``ip -j route get``): a dict, or the error text."""
-    argv = ["ip", "-j", "route", "get", str(dst)]
-    if src is not None:
-        argv += ["from", str(src)]
-    if mark:
-        argv += ["mark", str(mark)]
-    res = runner.run(argv)
-    if res.returncode != 0:
-        return res.stderr.strip() or f"exit {res.returncode}"
-    try:
-        routes = json.loads(res.stdout)
-        return dict(routes[0])
-    except (ValueError, IndexError, TypeError):
-        return f"unreadable `ip route get` output: {res.stdout[:80]!r}"
-
-
-def _single_link(runner: Runner) -> str | None:
-    res = runner.run(["ip", "-j", "link", "show", "up"])
-    try:
-        links = [link["ifname"] for link in json.loads(res.stdout) if link.get("ifname") != "lo"]
-    except (ValueError, TypeError, KeyError):
-        return None
-    return links[0].split("@")[0] if len(links) == 1 else None
-
-
-class Query(NamedTuple):
-    """A connection as the user describes it (``netinit explain`` arguments), before defaults are filled in."""
-
-    direction: Direction
-    dst: str  # IP:PORT or [IPv6]:PORT
-    src: str | None = None  # IP or IP:PORT
-    proto: str = "tcp"
-    uid: int | None = None
-    gid: int | None = None  # default: uid
-    in_iface: str | None = None
-    out_iface: str | None = None
-    mark: int = 0
-
-
-def build_connection(q: Query, live: bool, runner: Runner) -> tuple[Connection | None, list[str], str | None]:
-    """Fill in what the user did not say - from the kernel's routes when ``live`` (we are in the namespace),
-    else from stated assumptions. Returns (connection, notes, why the connection cannot be made at all)."""
-    dst, dport = parse_endpoint(q.dst, "--dst", need_port=True)
-    src, sport = parse_endpoint(q.src, "--src", need_port=False) if q.src else (None, None)
-    if src is not None and src.version != dst.version:
-        raise ConfigError("netinit: --src and --dst must be of the same IP family")
-    assert dport is not None
-    gid = q.gid if q.gid is not None else q.uid
-    notes: list[str] = []
-    conn = Connection(q.direction, dst, dport, q.proto, src, sport, q.uid, gid, mark=q.mark)
-    if q.direction == "outbound":
-        out_iface = q.out_iface
-        if live and (out_iface is None or src is None):
-            route = _route(runner, dst, src, q.mark)
-            if isinstance(route, str):
-                return None, notes, f"no route to {dst}: connect() fails before any rule is consulted ({route})"
-            out_iface = out_iface or str(route.get("dev", "")) or None
-            if src is None and route.get("prefsrc"):
-                src = ipaddress.ip_address(route["prefsrc"])
-                notes.append(f"source {src} and interface {out_iface}: the kernel's route to {dst}")
-        elif out_iface is None:
-            out_iface = "lo" if dst.is_loopback else NOT_LO
-            if not dst.is_loopback:
-                notes.append(f"assuming {dst} is not an address of this pod (else pass --out-iface lo)")
-        if src is None and out_iface == "lo":
-            src = dst if not dst.is_loopback else ipaddress.ip_address("127.0.0.1" if dst.version == 4 else "::1")
-            notes.append(f"source {src}: the kernel's choice for a local destination (pass --src to change it)")
-        return conn._replace(out_iface=out_iface, src=src), notes, None
-    in_iface = q.in_iface
-    if in_iface is None and live:
-        if src is not None:
-            route = _route(runner, src)
-            in_iface = str(route["dev"]) if isinstance(route, dict) and route.get("dev") else None
-        in_iface = in_iface or _single_link(runner)
-        if in_iface:
-            notes.append(f"arriving on {in_iface} (the interface this namespace reaches the source by)")
-    if in_iface is None:
-        in_iface = NOT_LO
-    if in_iface == "lo":
-        notes.append("traffic from this pod to itself is outbound: explain it with --direction outbound")
-    return conn._replace(in_iface=in_iface), notes, None
 
 
 def _explain(ns: argparse.Namespace, extra: list[str], env: Mapping[str, str], runner: Runner) -> int:
@@ -418,23 +206,12 @@ def _explain(ns: argparse.Namespace, extra: list[str], env: Mapping[str, str], r
 # --- show -----------------------------------------------------------------------------------------------------
 
 
-def _tproxy_table(runner: Runner, mark: int) -> int | None:
-    res = runner.run(["ip", "-j", "rule", "show"])
-    try:
-        for r in json.loads(res.stdout):
-            if int(str(r.get("fwmark", "-1")), 0) == mark and str(r.get("table", "")).isdigit():
-                return int(r["table"])
-    except (ValueError, TypeError):
-        return None
-    return None
-
-
 def _show(ns: argparse.Namespace, runner: Runner) -> int:
     rules = _rules_from(ns, runner)
     rec = reconstruct(rules.texts)
     if rules.source == "live" and "TPROXY" in rec.argv:
         mark = int(rec.argv[rec.argv.index("-t") + 1]) if "-t" in rec.argv else 1337
-        rec = reconstruct(rules.texts, _tproxy_table(runner, mark))
+        rec = reconstruct(rules.texts, tproxy_table(runner, mark))
     if ns.json:
         doc = rec.to_json()
         doc["rules"] = {"source": rules.source, "origin": rules.origin, "flavor": rules.flavor}
@@ -477,99 +254,20 @@ def _shell(argv: Sequence[str]) -> str:
 # --- verify ---------------------------------------------------------------------------------------------------
 
 
-def pod_capture_args(path: str, config_dir: str | None) -> tuple[list[str], dict[str, str], list[str]]:
-    """A pod manifest -> its istio-init's args and env; an un-injected pod is injected first (the injector's
-    own rendering, with ``config_dir``). Imports the injector: only this path pays for it."""
-    import yaml
-
-    from injector.core.config import load_config
-    from injector.core.workloads import Options, inject_object, iter_pods
-    from injector.errors import InjectorError
-
-    try:
-        docs = [d for d in yaml.safe_load_all(_read_file(path)) if d is not None]
-    except yaml.YAMLError as e:
-        raise ConfigError(f"netinit: {path} is not valid YAML: {e}") from None
-    pods = [p for d in docs for p in iter_pods(d)]
-    if not pods:
-        raise ConfigError(f"netinit: {path} holds no pod or pod template")
-    notes = [f"{path} holds {len(pods)} pods; using the first"] if len(pods) > 1 else []
-    pod = pods[0]
-    init = _istio_init(pod)
-    if init is None:
-        warnings: list[str] = []
-        try:
-            cfg = load_config(config_dir)
-            doc = {"apiVersion": "v1", "kind": "Pod", "metadata": pod.get("metadata") or {}, "spec": pod.get("spec")}
-            injected = inject_object(doc, Options(cfg), warnings.append)
-        except InjectorError as e:
-            raise ConfigError(f"netinit: cannot render the pod's istio-init: {e}") from None
-        init = _istio_init(injected)
-        if init is None:
-            why = "; ".join(warnings) or "the injector adds no istio-init (interceptionMode NONE?)"
-            raise ConfigError(f"netinit: {path}: no istio-init to verify against: {why}")
-        notes.append("istio-init args rendered by the injector from the pod's annotations")
-    args = [str(a) for a in [*(init.get("command") or [])[1:], *(init.get("args") or [])]]
-    while args and not args[0].startswith("-"):
-        args.pop(0)  # istio-iptables / netinit program names
-    dropped = [a for a in args if a.startswith(("--log_output_level", "--log_as_json"))]
-    if dropped:
-        notes.append(f"ignored logging flags netinit does not take: {' '.join(dropped)}")
-    args = [a for a in args if a not in dropped]
-    env = {str(e["name"]): str(e["value"]) for e in init.get("env") or [] if "name" in e and "value" in e}
-    return args, env, notes
-
-
-def _istio_init(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    spec = pod.get("spec") or {}
-    for c in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
-        if isinstance(c, dict) and c.get("name") == "istio-init":
-            return c
-    return None
-
-
-def _routing_drift(cfg: CaptureConfig, runner: Runner) -> list[Drift]:
-    """What apply sets up outside iptables: the TPROXY policy route, and ::6 on lo for IPv6."""
-    out: list[Drift] = []
-    fams: tuple[Family, ...] = (4, 6) if cfg.enable_ipv6 else (4,)
-    if cfg.mode == "TPROXY" and cfg.inbound_ports:
-        for fam in fams:
-            flag = ["-6"] if fam == 6 else []
-            rules = runner.run(["ip", *flag, "-j", "rule", "show"])
-            want = f"fwmark {cfg.tproxy_mark:#x} lookup {cfg.tproxy_route_table}"
-            try:
-                found = any(
-                    int(str(r.get("fwmark", "-1")), 0) == cfg.tproxy_mark
-                    and str(r.get("table")) == str(cfg.tproxy_route_table)
-                    for r in json.loads(rules.stdout or "[]")
-                )
-            except ValueError:
-                found = False
-            if not found:
-                out.append(Drift(fam, "routing", "ip rule", "missing", planned=want, planned_pos=1))
-            routes = runner.run(["ip", *flag, "-j", "route", "show", "table", str(cfg.tproxy_route_table)])
-            try:
-                local = any(
-                    r.get("type") == "local" and r.get("dst") == "default" for r in json.loads(routes.stdout or "[]")
-                )
-            except ValueError:
-                local = False
-            if not local:
-                want = f"local default dev lo table {cfg.tproxy_route_table}"
-                out.append(Drift(fam, "routing", "ip route", "missing", planned=want, planned_pos=1))
-    if cfg.enable_ipv6:
-        res = runner.run(["ip", "-6", "-j", "addr", "show", "dev", "lo"])
-        if '"::6"' not in res.stdout:
-            out.append(Drift(6, "routing", "lo", "missing", planned="address ::6/128", planned_pos=1))
-    return out
-
-
 def _verify(ns: argparse.Namespace, extra: list[str], env: Mapping[str, str], runner: Runner) -> int:
     notes: list[str] = []
+    if ns.config_dir is not None:
+        raise ConfigError(
+            "netinit verify: --config-dir is no longer taken: netinit reads the flags of an injected pod and never "
+            "injects one; inject with sidecar-injector kube-inject --config-dir DIR -f FILE and pass its output "
+            "to --from-pod"
+        )
     if ns.from_pod:
         if extra:
             raise ConfigError("netinit verify: --from-pod takes the flags from the pod; do not add capture flags")
-        args, pod_env, notes = pod_capture_args(ns.from_pod, ns.config_dir)
+        from netinit.debug.pod import pod_capture_args
+
+        args, pod_env, notes = pod_capture_args(ns.from_pod)
         raw = parse_options(args, pod_env)
         flags_text = _shell(args)
     else:
@@ -592,7 +290,7 @@ def _verify(ns: argparse.Namespace, extra: list[str], env: Mapping[str, str], ru
     cfg, _run = resolve(raw, facts, warn=_print)
     report = compare(plan(cfg), rules.texts)
     if rules.source == "live":
-        report = Report(report.drift + tuple(_routing_drift(cfg, runner)), report.warnings, report.checked)
+        report = Report(report.drift + tuple(routing_drift(cfg, runner)), report.warnings, report.checked)
     notes += rules.notes
     if ns.json:
         doc = report.to_json()

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 from netinit.core.config import HostFacts, config_from_flags
 from netinit.core.plan import BUILTIN_CHAINS, FAMILIES, OWN_CHAINS, Family, Rule, plan
-from netinit.debug.explain import Tables, load_tables
+from netinit.debug.model import Tables, load_tables
 from netinit.debug.verify import compare
 from netinit.errors import ConfigError
 

@@ -15,8 +15,8 @@ import difflib
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
-from netinit.apply.engine import jump_target, parse_save
-from netinit.core.plan import BUILTIN_CHAINS, OWN_CHAINS, TABLE_ORDER, Family, Rule, RuleSet, TableState, desired_state
+from netinit.core.plan import BUILTIN_CHAINS, OWN_CHAINS, TABLE_ORDER, Family, RuleSet
+from netinit.rules.save import TableState, desired_state, jump_target, parse_save
 
 Kind = Literal["missing", "extra", "reordered", "changed", "missing-chain", "extra-chain"]
 
@@ -70,25 +70,6 @@ class Report(NamedTuple):
             "warnings": list(self.warnings),
             "checked": list(self.checked),
         }
-
-
-def planned_save(rules: Sequence[Rule]) -> str:
-    """The plan as iptables-save would list it after a first apply into empty tables (inserts in place).
-
-    ``render_apply`` is the restore payload (``-I CHAIN N`` for inserts); this is its read-back, the text that
-    explain/show/verify read when the rules come from flags instead of a namespace.
-    """
-    out: list[str] = []
-    desired = desired_state(rules)
-    for table in TABLE_ORDER:
-        if table not in desired:
-            continue
-        chains = desired[table].chains
-        out.append(f"*{table}")
-        out += [f":{c} {'ACCEPT' if c in BUILTIN_CHAINS else '-'} [0:0]" for c in chains]
-        out += [f"-A {c} {spec}" for c, specs in chains.items() for spec in specs]
-        out.append("COMMIT")
-    return "\n".join(out) + ("\n" if out else "")
 
 
 def token_change(planned: str, live: str) -> str:

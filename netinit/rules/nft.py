@@ -361,7 +361,7 @@ def transaction(tables: dict[str, str], existing: Iterable[str] = ()) -> str:
     return "".join(parts)
 
 
-def render_apply(ruleset: RuleSet) -> str:
+def render_script(ruleset: RuleSet) -> str:
     """What ``--dry-run`` prints and a first apply feeds ``nft -f -``."""
     return transaction(render_tables(ruleset))
 

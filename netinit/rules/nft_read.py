@@ -17,9 +17,10 @@ import re
 from collections.abc import Mapping
 from typing import NamedTuple
 
-from netinit.core.plan import BUILTIN_CHAINS, FAMILIES, OWN_CHAINS, TABLE_ORDER, Family, Match, Rule
+from netinit.core.plan import FAMILIES, OWN_CHAINS, TABLE_ORDER, Family, Match, Rule
 from netinit.errors import BackendError
 from netinit.rules import nft
+from netinit.rules.save import render_save
 
 _TABLE_OF = {name: table for table, name in nft.TABLES.items()}
 _TOKEN = re.compile(r'"[^"]*"|\{[^}]*\}|\S+')
@@ -353,14 +354,14 @@ def save_texts(tables: Mapping[str, str]) -> dict[Family, str]:
 
     A family gets a chain when one of its rules is in it or jumps to it (a chain of ours that nothing uses, in
     either family, is listed in both); built-in chains with no rules of the family are left out, as in
-    ``verify.planned_save``."""
+    ``save.planned_save``."""
     unknown = sorted(set(tables) - set(nft.TABLE_NAMES))
     if unknown:
         raise NotOurRendering(f"netinit: table inet {unknown[0]} is not one of netinit's")
     read = {_TABLE_OF[name]: read_table(name, tables[name]) for name in nft.TABLE_NAMES if name in tables}
     out: dict[Family, str] = {}
     for fam in FAMILIES:
-        lines: list[str] = []
+        tables_of_fam: dict[str, dict[str, list[str]]] = {}
         for table in TABLE_ORDER:
             if table not in read:
                 continue
@@ -375,12 +376,8 @@ def save_texts(tables: Mapping[str, str]) -> dict[Family, str]:
                 for t in (r.chain, r.target)
             }
             listed = [c for c, stmts in chains if c in mine or (c in OWN_CHAINS and c not in used and not stmts)]
-            if not listed:
-                continue
-            lines.append(f"*{table}")
-            lines += [f":{c} {'ACCEPT' if c in BUILTIN_CHAINS else '-'} [0:0]" for c in listed]
-            for c, stmts in chains:
-                lines += [f"-A {c} {s.rules[fam].spec()}" for s in stmts if fam in s.rules]
-            lines.append("COMMIT")
-        out[fam] = "\n".join(lines) + ("\n" if lines else "")
+            if listed:
+                specs = {c: [s.rules[fam].spec() for s in stmts if fam in s.rules] for c, stmts in chains}
+                tables_of_fam[table] = {c: specs[c] for c in listed}
+        out[fam] = render_save(tables_of_fam)
     return out

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 from lab import netlab
 from netinit.apply import netns
-from netinit.apply.engine import parse_save
 from netinit.core.config import HostFacts, config_from_flags
-from netinit.core.plan import desired_state, plan
+from netinit.core.plan import plan
+from netinit.rules.save import desired_state, parse_save
 
 pytestmark = pytest.mark.requires_root
 

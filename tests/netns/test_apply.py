@@ -10,10 +10,10 @@ import pytest
 
 from lab import netlab
 from netinit.__main__ import main
-from netinit.apply.engine import parse_save
-from netinit.apply.iptables import Completed, SubprocessRunner
+from netinit.apply.runner import Completed, SubprocessRunner
 from netinit.core.config import config_from_flags
-from netinit.core.plan import desired_state, plan
+from netinit.core.plan import plan
+from netinit.rules.save import desired_state, parse_save
 
 pytestmark = pytest.mark.requires_root
 

@@ -9,7 +9,7 @@ destination; plain servers answer "direct" with the address they were reached at
 
 Every connection of a batch runs in one client process per uid/gid (0, 1000, 1337, and 1000 with gid 2000),
 so a whole matrix costs a handful of process starts. Rules are read once per namespace with the same edge code
-the CLI uses (``netinit.debug.cli.read_live``, ``build_connection`` -> ``ip route get`` in the namespace).
+the CLI uses (``netinit.debug.live.read_live``, ``build_connection`` -> ``ip route get`` in the namespace).
 """
 
 from __future__ import annotations
@@ -24,10 +24,13 @@ from typing import Any, NamedTuple
 import pytest
 
 from lab import netlab
-from netinit.apply.iptables import Completed
+from netinit.apply.runner import Completed
 from netinit.core.plan import Family
-from netinit.debug.cli import Query, build_connection, read_live
-from netinit.debug.explain import Explanation, explain, load_tables
+from netinit.debug.connection import Query, build_connection
+from netinit.debug.live import read_live
+from netinit.debug.model import load_tables
+from netinit.debug.verdict import Explanation
+from netinit.debug.walker import explain
 
 pytestmark = pytest.mark.requires_root
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from lab import netlab
-from netinit.apply.iptables import Completed, SubprocessRunner
+from netinit.apply.runner import Completed, SubprocessRunner
 from netinit.core.config import config_from_flags
 from netinit.core.plan import plan
 from netinit.rules import nft

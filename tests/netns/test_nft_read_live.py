@@ -12,7 +12,8 @@ import pytest
 from lab import netlab
 from netinit.core.config import HostFacts, config_from_flags
 from netinit.core.plan import plan
-from netinit.debug.cli import Query, read_live
+from netinit.debug.connection import Query
+from netinit.debug.live import read_live
 from netinit.rules import nft
 from tests.unit.test_plan import CASES
 
@@ -41,7 +42,7 @@ def cli(*args: str) -> tuple[int, dict[str, Any]]:
 def test_native_tables_show_replans_the_applied_rules(name: str, netns: str) -> None:
     flags, env, facts = CASES[name]
     original = plan(config_from_flags(flags, env, facts))
-    netlab.sh("nft", "-f", "-", ns=netns, input=nft.render_apply(original))
+    netlab.sh("nft", "-f", "-", ns=netns, input=nft.render_script(original))
     rc, doc = cli("show", "--network-namespace", netns)
     assert rc == 0
     assert (doc["rules"]["origin"], doc["rules"]["flavor"]) == (NATIVE, "native-nftables")

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 
 from lab import netlab
-from netinit.apply.engine import parse_save, render_apply
+from netinit.apply.engine import render_restore
 from netinit.core.config import config_from_flags
-from netinit.core.plan import desired_state, plan
+from netinit.core.plan import plan
+from netinit.rules.save import desired_state, parse_save
 from tests.unit.test_plan import CASES
 
 pytestmark = pytest.mark.requires_root
@@ -21,7 +22,7 @@ def test_case_round_trips_through_the_kernel(name: str, flavor: str, netns: str)
     for fam in rs.families():
         rules = rs.family(fam)
         prefix = "ip6" if fam == 6 else "ip"
-        netlab.sh(f"{prefix}tables-{flavor}-restore", "--noflush", ns=netns, input=render_apply(rules))
+        netlab.sh(f"{prefix}tables-{flavor}-restore", "--noflush", ns=netns, input=render_restore(rules))
         live = parse_save(netlab.iptables_save(netns, flavor, fam))
         for table, st in desired_state(rules).items():
             for chain, specs in st.chains.items():

@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 
 from lab import netlab
-from netinit.apply.engine import render_apply
+from netinit.apply.engine import render_restore
 from netinit.core.config import HostFacts, config_from_flags
 from netinit.core.plan import plan
 from tests.unit.test_plan import CASES
+from tests.unit.test_show_verify import kube_inject
 
 pytestmark = pytest.mark.requires_root
 
@@ -33,7 +34,7 @@ def test_apply_show_replan_gives_the_applied_rules(name: str, flavor: str, netns
     original = plan(config_from_flags(flags, env, facts))
     for fam in original.families():
         restore = f"{'ip6' if fam == 6 else 'ip'}tables-{flavor}-restore"
-        netlab.sh(restore, "--noflush", ns=netns, input=render_apply(original.family(fam)))
+        netlab.sh(restore, "--noflush", ns=netns, input=render_restore(original.family(fam)))
     rc, doc = cli("show", "--network-namespace", netns)
     assert rc == 0
     assert doc["rules"]["flavor"] == flavor  # detected: the flavour that holds netinit's chains
@@ -105,23 +106,21 @@ def test_verify_checks_tproxy_routing_and_show_reads_its_table(flavor: str, netn
 
 
 def test_verify_from_pod_against_a_live_namespace(tmp_path: Path, flavor: str, netns: str) -> None:
-    from injector.core.config import load_config
-    from injector.core.workloads import Options, inject_text
-
     pod = (
         "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: app}\nspec:\n  template:\n    metadata:\n"
         "      annotations: {traffic.sidecar.istio.io/excludeOutboundIPRanges: 10.0.0.0/8}\n"
         "    spec:\n      containers: [{name: app, image: app}]\n"
     )
-    manifest = tmp_path / "deploy.yaml"
-    manifest.write_text(inject_text(pod, Options(load_config()), warn=lambda _m: None))
+    plain = tmp_path / "deploy.yaml"
+    plain.write_text(pod)
+    manifest = tmp_path / "injected.yaml"
+    manifest.write_text(kube_inject(plain))
     args = [*netlab.SIDECAR_ARGS, "-x", "10.0.0.0/8"]
     assert netlab.run_netinit("--network-namespace", netns, "--force-iptables-binary", flavor, *args).returncode == 0
     rc, doc = cli("verify", "--network-namespace", netns, "--from-pod", str(manifest))
     assert rc == 0 and doc["ok"] and "-x 10.0.0.0/8" in doc["flags"]
-    manifest.write_text(
-        inject_text(pod.replace("10.0.0.0/8", "10.0.0.0/16"), Options(load_config()), warn=lambda _m: None)
-    )
+    plain.write_text(pod.replace("10.0.0.0/8", "10.0.0.0/16"))
+    manifest.write_text(kube_inject(plain))
     rc, doc = cli("verify", "--network-namespace", netns, "--from-pod", str(manifest))
     assert rc == 1 and doc["drift"][0]["kind"] == "changed"
 

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from netinit.apply.iptables import Completed, RestoreApplier, detect_backend
+from netinit.apply.iptables import RestoreApplier, detect_backend
+from netinit.apply.runner import Completed
 from netinit.errors import BackendError
 
 EMPTY = "*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n"

@@ -6,7 +6,8 @@ import ipaddress
 
 import pytest
 
-from netinit.core.config import HostFacts, config_from_flags, parse_options, resolve
+from netinit.core.config import HostFacts, config_from_flags, resolve
+from netinit.core.flags import parse_options
 from netinit.errors import ConfigError
 
 

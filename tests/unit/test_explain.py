@@ -12,8 +12,11 @@ import pytest
 from lab import netlab
 from netinit.core.config import HostFacts, config_from_flags
 from netinit.core.plan import Family, plan
-from netinit.debug.explain import NOT_LO, Connection, Explanation, Packet, explain, load_tables, match_rule, parse_rule
-from netinit.debug.verify import planned_save
+from netinit.debug.matcher import match_rule
+from netinit.debug.model import NOT_LO, Connection, Packet, load_tables
+from netinit.debug.verdict import Explanation
+from netinit.debug.walker import explain
+from netinit.rules.save import parse_rule, planned_save
 from tests.unit.test_plan import CASES
 
 A = ipaddress.ip_address

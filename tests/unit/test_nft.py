@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 
 from netinit.__main__ import main
 from netinit.apply import nftables
-from netinit.apply.iptables import Completed
-from netinit.core.config import HostFacts, config_from_flags, parse_options, resolve
+from netinit.apply.runner import Completed
+from netinit.core.config import HostFacts, config_from_flags, resolve
+from netinit.core.flags import parse_options
 from netinit.core.plan import Match, Rule, RuleSet, owner, plan, tcp, udp
 from netinit.errors import ApplyError, BackendError, ConfigError, DriftError
 from netinit.rules import nft
@@ -31,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def render(name: str) -> str:
     flags, env, facts = CASES[name]
-    return nft.render_apply(plan(config_from_flags(flags, env, facts)))
+    return nft.render_script(plan(config_from_flags(flags, env, facts)))
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -231,7 +232,7 @@ def test_transaction_replaces_planned_tables_whole_and_deletes_stale_ones() -> N
         "add table inet istio-proxy-nat\ndelete table inet istio-proxy-nat\ntable inet istio-proxy-nat {\n"
     )
     assert script.count("delete table inet istio-proxy-nat") == 1
-    assert nft.render_apply(plan(config_from_flags(ISTIO))) == nft.transaction(t)
+    assert nft.render_script(plan(config_from_flags(ISTIO))) == nft.transaction(t)
 
 
 # --- the family merge ------------------------------------------------------------------------------------------
@@ -436,7 +437,7 @@ def test_flag_and_env_select_native_nftables() -> None:
 def test_dry_run_prints_exactly_the_script(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["-n", "--native-nftables", *ISTIO], {}) == 0
     out = capsys.readouterr().out
-    assert out == "# IPv4: nft -f - <<EOF\n" + nft.render_apply(plan(config_from_flags(ISTIO))) + "# EOF\n"
+    assert out == "# IPv4: nft -f - <<EOF\n" + nft.render_script(plan(config_from_flags(ISTIO))) + "# EOF\n"
 
 
 def test_dry_run_refuses_untranslatable_with_exit_2(

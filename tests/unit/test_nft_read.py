@@ -1,6 +1,6 @@
 """``nft_read``: our native nftables rendering read back into the iptables rules it was rendered from, without
 root. The property: for every planner case, reading ``render_tables`` gives each family exactly the plan's rules;
-anything the renderer does not write is refused with the line named. Plus ``cli.read_live`` choosing the
+anything the renderer does not write is refused with the line named. Plus ``live.read_live`` choosing the
 native tables (fake runner). tests/netns/test_nft_read_live.py reads real ``nft list`` output."""
 
 from __future__ import annotations
@@ -10,14 +10,13 @@ from collections.abc import Sequence
 import pytest
 
 from netinit.apply import nftables
-from netinit.apply.engine import parse_save
-from netinit.apply.iptables import Completed
+from netinit.apply.runner import Completed
 from netinit.core.config import HostFacts, config_from_flags
 from netinit.core.plan import FAMILIES, Match, Rule, RuleSet, plan
-from netinit.debug import cli
+from netinit.debug import live
 from netinit.debug.show import reconstruct
-from netinit.debug.verify import planned_save
 from netinit.rules import nft, nft_read
+from netinit.rules.save import parse_save, planned_save
 from tests.unit.test_plan import CASES, ISTIO
 
 
@@ -140,7 +139,7 @@ class FakeRunner:
 
 @pytest.fixture
 def binaries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli, "find_executable", lambda name: f"/usr/sbin/{name}")
+    monkeypatch.setattr(live, "find_executable", lambda name: f"/usr/sbin/{name}")
     monkeypatch.setattr(nftables, "nft_binary", lambda: "nft")
 
 
@@ -148,7 +147,7 @@ def test_read_live_reads_native_tables_when_iptables_holds_nothing_of_ours(binar
     rs = plan(config_from_flags(ISTIO, {}, HostFacts()))
     listing = "".join(nft.render_tables(rs).values())
     foreign = "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -p tcp -j ACCEPT\nCOMMIT\n"
-    rules = cli.read_live(FakeRunner({"iptables-nft-save": foreign}, listing))
+    rules = live.read_live(FakeRunner({"iptables-nft-save": foreign}, listing))
     assert (rules.source, rules.origin, rules.flavor) == ("live", "live rules (native nftables)", "native-nftables")
     assert parse_save(rules.texts[4]) == parse_save(planned_save(rs.v4))
     assert any("native nftables tables (inet istio-proxy-*)" in n for n in rules.notes)
@@ -159,14 +158,14 @@ def test_read_live_keeps_iptables_when_it_holds_ours_or_is_forced(binaries: None
     rs = plan(config_from_flags(ISTIO, {}, HostFacts()))
     listing = "".join(nft.render_tables(rs).values())
     ours = planned_save(rs.v4)
-    rules = cli.read_live(FakeRunner({"iptables-legacy-save": ours}, listing))
+    rules = live.read_live(FakeRunner({"iptables-legacy-save": ours}, listing))
     assert (rules.flavor, rules.texts[4]) == ("legacy", ours)
     assert any("which these results do not read" in n for n in rules.notes)
-    forced = cli.read_live(FakeRunner({}, listing), "nft")
+    forced = live.read_live(FakeRunner({}, listing), "nft")
     assert forced.flavor == "nft" and any("which these results do not read" in n for n in forced.notes)
 
 
 def test_read_live_without_native_tables_is_the_iptables_path(binaries: None) -> None:
     runner = FakeRunner({}, "table inet other {\n}\n")
-    rules = cli.read_live(runner)
+    rules = live.read_live(runner)
     assert (rules.flavor, rules.notes) == ("nft", ())

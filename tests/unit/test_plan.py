@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from lab import netlab
-from netinit.apply.engine import render_apply
+from netinit.apply.engine import render_restore
 from netinit.core.config import HostFacts, config_from_flags
-from netinit.core.plan import desired_state, plan
+from netinit.core.plan import plan
+from netinit.rules.save import desired_state
 
 GOLDEN = Path(__file__).parent / "golden" / "netinit"
 V6 = HostFacts(has_global_ipv4=False, has_global_ipv6=True)
@@ -119,7 +120,7 @@ CASES: dict[str, tuple[list[str], dict[str, str], HostFacts]] = {
 def render(name: str) -> str:
     flags, env, facts = CASES[name]
     rs = plan(config_from_flags(flags, env, facts))
-    return "".join(f"# IPv{f}\n{render_apply(rs.family(f))}" for f in rs.families())
+    return "".join(f"# IPv{f}\n{render_restore(rs.family(f))}" for f in rs.families())
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -244,7 +245,7 @@ def test_owner_groups() -> None:
 
 
 def test_dry_run_payload_is_what_apply_feeds_restore() -> None:
-    text = render_apply(plan(config_from_flags(ISTIO)).v4)
+    text = render_restore(plan(config_from_flags(ISTIO)).v4)
     assert text.startswith("*nat\n:ISTIO_INBOUND - [0:0]\n")
     assert text.endswith("COMMIT\n")
     assert "-N " not in text  # create-or-flush declarations, never -N

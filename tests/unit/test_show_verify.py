@@ -9,13 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lab import netlab
 from netinit.__main__ import main
 from netinit.core.config import HostFacts, config_from_flags
 from netinit.core.plan import Family, plan
 from netinit.debug.show import ANNOTATIONS, reconstruct
-from netinit.debug.verify import compare, diff_rules, planned_save
+from netinit.debug.verify import compare, diff_rules
+from netinit.rules.save import planned_save
 from tests.unit.test_plan import CASES
 
 ISTIO = list(netlab.SIDECAR_ARGS)
@@ -208,30 +210,101 @@ def test_explain_show_verify_from_a_saved_dump(tmp_path: Path, capsys: pytest.Ca
     assert "rule #1 changed (8082 -> 8081)" in capsys.readouterr().out
 
 
-def test_verify_from_pod_manifests(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from injector.core.config import load_config
-    from injector.core.workloads import Options, inject_text
+ROOT = Path(__file__).resolve().parents[2]
 
-    pod = (
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: app\n  annotations:\n"
-        "    traffic.sidecar.istio.io/excludeOutboundPorts: '5432'\n"
-        "spec:\n  containers:\n  - name: app\n    image: app\n"
+
+def kube_inject(manifest: Path) -> str:
+    """The injected manifest, as ``sidecar-injector kube-inject -f FILE`` writes it (netinit never injects)."""
+    p = subprocess.run(
+        [sys.executable, "-m", "injector", "kube-inject", "-f", str(manifest)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+        timeout=120,
     )
+    assert p.returncode == 0, p.stderr
+    return p.stdout
+
+
+POD = (
+    "apiVersion: v1\nkind: Pod\nmetadata:\n  name: app\n  annotations:\n"
+    "    traffic.sidecar.istio.io/excludeOutboundPorts: '5432'\n"
+    "spec:\n  containers:\n  - name: app\n    image: app\n"
+)
+
+
+def test_verify_from_pod_reads_an_injected_pods_istio_init(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     plain = tmp_path / "pod.yaml"
-    plain.write_text(pod)
+    plain.write_text(POD)
     injected = tmp_path / "injected.yaml"
-    injected.write_text(inject_text(pod, Options(load_config()), warn=lambda _m: None))
+    injected.write_text(kube_inject(plain))
+    as_json = tmp_path / "injected.json"  # what kubectl get pod -o json gives
+    as_json.write_text(json.dumps(yaml.safe_load(injected.read_text())))
     expected = saved([*ISTIO, "-x", "", "-o", "5432"])[4]
     assert "--dport 5432 -j RETURN" in expected
     dump = tmp_path / "nat.save"
     dump.write_text(expected)
-    for manifest in (injected, plain):  # istio-init's args as injected, or rendered by the injector first
+    for manifest in (injected, as_json):
         assert main(["verify", "--from-pod", str(manifest), "--rules-file", str(dump), "--json"]) == 0, manifest
         doc = json.loads(capsys.readouterr().out)
         assert doc["ok"] and "-o 5432" in doc["flags"]
     dump.write_text(saved(ISTIO)[4])
     assert main(["verify", "--from-pod", str(injected), "--rules-file", str(dump)]) == 1
     assert "missing rule (planned #1): -A ISTIO_OUTPUT -p tcp -m tcp --dport 5432 -j RETURN" in capsys.readouterr().out
+
+
+def test_verify_from_pod_refuses_an_uninjected_pod(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plain = tmp_path / "pod.yaml"
+    plain.write_text(POD)
+    dump = tmp_path / "nat.save"
+    dump.write_text(saved(ISTIO)[4])
+    assert main(["verify", "--from-pod", str(plain), "--rules-file", str(dump)]) == 2
+    err = capsys.readouterr().err
+    assert "it is not injected" in err and f"sidecar-injector kube-inject -f {plain}" in err
+    assert main(["verify", "--from-pod", str(plain), "--config-dir", str(tmp_path), "--rules-file", str(dump)]) == 2
+    assert "--config-dir is no longer taken" in capsys.readouterr().err
+
+
+def test_verify_from_pod_reads_istio_validation_and_workload_templates(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    init = {"name": "istio-validation", "args": ["istio-iptables", *ISTIO, "--run-validation", "--skip-rule-apply"]}
+    deploy = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "spec": {"template": {"spec": {"initContainers": [init], "containers": [{"name": "app"}]}}},
+    }
+    manifest = tmp_path / "deploy.json"
+    manifest.write_text(json.dumps({"kind": "List", "items": [deploy]}))
+    dump = tmp_path / "nat.save"
+    dump.write_text(saved(ISTIO)[4])
+    assert main(["verify", "--from-pod", str(manifest), "--rules-file", str(dump), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ok"] and "flags from the istio-validation container (the pod has no istio-init)" in doc["notes"]
+
+
+def test_verify_from_pod_needs_neither_the_injector_nor_pyyaml(tmp_path: Path) -> None:
+    """The init image carries netinit without dependencies: JSON works there, YAML says to pass JSON."""
+    plain = tmp_path / "pod.yaml"
+    plain.write_text(POD)
+    injected = tmp_path / "injected.yaml"
+    injected.write_text(kube_inject(plain))
+    as_json = tmp_path / "injected.json"
+    as_json.write_text(json.dumps(yaml.safe_load(injected.read_text())))
+    dump = tmp_path / "nat.save"
+    dump.write_text(saved([*ISTIO, "-x", "", "-o", "5432"])[4])
+    code = (
+        "import sys\n"
+        "sys.modules['yaml'] = None  # not installed\n"
+        "from netinit.__main__ import main\n"
+        "rcs = [main(['verify', '--from-pod', f, '--rules-file', sys.argv[1]]) for f in sys.argv[2:]]\n"
+        "print('RCS', rcs, 'INJECTOR', [m for m in sys.modules if m.split('.')[0] == 'injector'], file=sys.stderr)\n"
+    )
+    argv = [sys.executable, "-c", code, str(dump), str(as_json), str(injected)]
+    p = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, check=False, timeout=60)
+    assert "RCS [0, 2] INJECTOR []" in p.stderr, p.stderr
+    assert "reading YAML needs PyYAML, which is not installed here: pass the pod as JSON" in p.stderr
 
 
 @pytest.mark.parametrize(
@@ -254,8 +327,7 @@ def test_plain_flag_form_is_untouched_and_never_imports_the_debug_commands() -> 
         "import sys\n"
         "from netinit.__main__ import main\n"
         f"rc = main(['-n', *{ISTIO!r}])\n"
-        "debug = ('netinit.debug.cli', 'netinit.debug.explain', 'netinit.debug.show', 'netinit.debug.verify')\n"
-        "mods = [m for m in debug if m in sys.modules]\n"
+        "mods = [m for m in sys.modules if m.split('.')[:2] == ['netinit', 'debug']]\n"
         "print('RC', rc, 'MODS', mods, file=sys.stderr)\n"
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=60)

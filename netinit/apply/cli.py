@@ -1,0 +1,134 @@
+"""The apply path of ``netinit [FLAGS]``: parse, enter the namespace, gather facts, plan, then print the payloads
+(``--dry-run``) or - under the namespace lock - apply (or clean up), set up what the rules rely on, and validate.
+
+Cheap start: the nftables modules, libiptc, pyroute2 and the validator are imported only when the run uses them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping, Sequence
+
+from netinit.apply import netns
+from netinit.apply.engine import cleanup, render_restore
+from netinit.apply.facts import host_facts
+from netinit.apply.iptables import Applier, RestoreApplier, detect_backend
+from netinit.apply.runner import Runner
+from netinit.core.config import CaptureConfig, RunOptions, resolve
+from netinit.core.flags import parse_options
+from netinit.core.plan import RuleSet, plan
+from netinit.errors import ApplyError, ConfigError, NetinitError
+
+
+def _log(msg: str) -> None:
+    print(f"netinit: {msg}", file=sys.stderr)
+
+
+def make_applier(name: str, forced: str | None, runner: Runner) -> Applier:
+    """The iptables applier ``--applier`` names: iptables-restore of the detected (or forced) flavour, or libiptc."""
+    if name == "iptc":
+        from netinit.apply.iptc import IptcApplier  # lazy: libiptc costs ~200 ms to import
+
+        return IptcApplier(runner)
+    backend, probed_v4 = detect_backend(runner, forced)
+    return RestoreApplier(backend, runner, probed_v4)
+
+
+def run(argv: Sequence[str], env: Mapping[str, str], runner: Runner) -> int:
+    """``netinit [FLAGS]``: parse, gather facts, plan, then print (``--dry-run``) or act. Returns the exit code."""
+    try:
+        raw = parse_options(argv, env)
+        # Enter the target namespace before looking at anything in it.
+        pid = int(raw.pid) if raw.pid and (raw.pid.isascii() and raw.pid.isdigit()) else None
+        target = netns.netns_path(raw.values.get("network_namespace"), pid)
+        dry_run = raw.flags["dry_run"]
+        if target is not None and not dry_run:
+            netns.enter(target)
+        facts = host_facts(raw, raw.values.get("network_namespace"), pid, strict=not dry_run, log=_log)
+        cfg, opts = resolve(raw, facts, warn=_log)
+        ruleset = plan(cfg)
+
+        if opts.dry_run and opts.cleanup_only:
+            raise ConfigError(
+                "netinit: --dry-run with --cleanup-only is not supported: what cleanup removes "
+                "depends on the live rules (inspect them with "
+                + ("nft list ruleset inet)" if opts.native_nftables else "iptables-save)")
+            )
+        nft_tables = None
+        if opts.native_nftables:
+            from netinit.rules import nft  # lazy: the iptables path never imports the nftables modules
+
+            nft_tables = nft.render_tables(ruleset)  # untranslatable rules are refused here, before any I/O
+            if opts.dry_run:
+                print(f"# {', '.join(f'IPv{f}' for f in ruleset.families())}: nft -f - <<EOF")
+                sys.stdout.write(nft.transaction(nft_tables))
+                print("# EOF")
+                return 0
+        if opts.dry_run:
+            for fam in ruleset.families():
+                print(f"# IPv{fam}: iptables-restore --noflush <<EOF")
+                sys.stdout.write(render_restore(ruleset.family(fam)))
+                print("# EOF")
+            return 0
+
+        from netinit.apply import lock
+
+        held = lock.acquire()  # one netinit per namespace from snapshot to the end of the apply
+        try:
+            _act(cfg, opts, ruleset, runner, nft_tables)
+        finally:
+            if held is not None:
+                os.close(held)
+        return 0
+    except NetinitError as e:
+        print(str(e), file=sys.stderr)
+        return e.exit_code
+
+
+def _act(
+    cfg: CaptureConfig, opts: RunOptions, ruleset: RuleSet, runner: Runner, nft_tables: dict[str, str] | None = None
+) -> None:
+    """Clean up, or apply (+ what the rules rely on) and validate - under the namespace lock. ``nft_tables``:
+    the plan rendered for ``--native-nftables``."""
+    if opts.cleanup_only:
+        if opts.native_nftables:
+            from netinit.apply import nftables  # lazy: the iptables path never imports the nftables modules
+
+            _log(nftables.cleanup(nftables.NftApplier(runner, nftables.nft_binary())))
+            return
+        applier = make_applier(opts.applier, opts.force_iptables_binary, runner)
+        full = plan(cfg._replace(enable_ipv6=True))
+        _log(cleanup(full, applier, _log))
+        return
+
+    if not opts.skip_rule_apply:
+        families = ", ".join(f"IPv{f}" for f in ruleset.families())
+        if nft_tables is not None:
+            from netinit.apply import nftables
+
+            nft = nftables.NftApplier(runner, nftables.nft_binary())
+            _log(f"backend: native nftables via {nft.nft} -f; families: {families}")
+            _log(nftables.apply_tables(nft_tables, nft, reconcile=opts.reconcile, force=opts.force_apply, log=_log))
+        else:
+            from netinit.apply.engine import apply_ruleset
+
+            applier = make_applier(opts.applier, opts.force_iptables_binary, runner)
+            _log(f"backend: iptables-{applier.backend.flavor} via {applier.name}; families: {families}")
+            _log(apply_ruleset(ruleset, applier, reconcile=opts.reconcile, force=opts.force_apply, log=_log))
+        _post_apply(cfg, runner)
+    if opts.run_validation:
+        from netinit.apply.validate import validate
+
+        if validate(cfg, _log):
+            _log("validation passed: outbound capture and proxy bypass work")
+
+
+def _post_apply(cfg: CaptureConfig, runner: Runner) -> None:
+    """What the rules rely on outside iptables: ``::6`` on lo (IPv6) and the TPROXY policy route."""
+    if cfg.enable_ipv6:
+        res = runner.run(["ip", "-6", "addr", "replace", "::6/128", "dev", "lo"])
+        if res.returncode != 0:
+            raise ApplyError(f"netinit: rules applied, but adding ::6/128 to lo failed: {res.stderr.strip()}")
+    if cfg.mode == "TPROXY" and cfg.inbound_ports:
+        netns.configure_tproxy_routes(cfg.tproxy_mark, cfg.tproxy_route_table, cfg.enable_ipv6)

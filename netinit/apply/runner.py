@@ -1,0 +1,44 @@
+"""The seam between netinit and the commands it runs (iptables-save/-restore, nft, ip).
+
+Everything that runs a command goes through a ``Runner``: tests wrap the real one to inject a failure at an exact
+step, or replace it to serve canned output; production uses ``SubprocessRunner``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Sequence
+from typing import NamedTuple, Protocol
+
+
+class Completed(NamedTuple):
+    """What a command did: its exit code and output."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class Runner(Protocol):
+    """Runs ``argv`` (with ``stdin``) to completion; a missing binary is exit 127, not an exception."""
+
+    def run(self, argv: Sequence[str], stdin: str | None = None) -> Completed: ...
+
+
+class SubprocessRunner:
+    def run(self, argv: Sequence[str], stdin: str | None = None) -> Completed:
+        try:
+            p = subprocess.run(list(argv), input=stdin, capture_output=True, text=True, timeout=60, check=False)
+        except FileNotFoundError:
+            return Completed(127, "", f"{argv[0]}: not found")
+        return Completed(p.returncode, p.stdout, p.stderr)
+
+
+def find_executable(name: str) -> str | None:
+    """`shutil.which` for plain names, without importing shutil (and fnmatch) on the start-up path."""
+    for d in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        path = os.path.join(d or ".", name)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None

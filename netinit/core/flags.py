@@ -1,0 +1,258 @@
+"""The command line: istio-iptables' flags, long names, env vars and defaults -> ``RawOptions``. Pure.
+
+A flag wins over its env var; some settings are env-only (``ISTIO_OUTBOUND_OWNER_GROUPS``,
+``ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE``, ``ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR``). The values stay unvalidated
+strings here; ``netinit.core.config.resolve`` validates them.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple, NoReturn
+
+from netinit.errors import ConfigError
+
+# (dest, short, long, env, help)
+_STR_FLAGS: tuple[tuple[str, str | None, str, str, str], ...] = (
+    ("envoy_port", "-p", "--envoy-port", "ENVOY_PORT", "port all outbound TCP is redirected to (15001)"),
+    (
+        "inbound_capture_port",
+        "-z",
+        "--inbound-capture-port",
+        "INBOUND_CAPTURE_PORT",
+        "port all inbound TCP is redirected to (15006)",
+    ),
+    (
+        "inbound_tunnel_port",
+        "-e",
+        "--inbound-tunnel-port",
+        "INBOUND_TUNNEL_PORT",
+        "inbound tunnel (HBONE) port, never captured (15008)",
+    ),
+    ("proxy_uid", "-u", "--proxy-uid", "PROXY_UID", "comma list of UIDs whose traffic is not captured (1337)"),
+    ("proxy_gid", "-g", "--proxy-gid", "PROXY_GID", "comma list of GIDs whose traffic is not captured (= -u)"),
+    (
+        "interception_mode",
+        "-m",
+        "--istio-inbound-interception-mode",
+        "ISTIO_INBOUND_INTERCEPTION_MODE",
+        "REDIRECT (default) or TPROXY",
+    ),
+    ("tproxy_mark", "-t", "--istio-inbound-tproxy-mark", "ISTIO_INBOUND_TPROXY_MARK", "TPROXY packet mark (1337)"),
+    (
+        "tproxy_route_table",
+        "-r",
+        "--istio-inbound-tproxy-route-table",
+        "ISTIO_INBOUND_TPROXY_ROUTE_TABLE",
+        "TPROXY routing table (133)",
+    ),
+    (
+        "inbound_ports",
+        "-b",
+        "--istio-inbound-ports",
+        "ISTIO_INBOUND_PORTS",
+        "inbound ports to capture: '*' or a comma list; empty = no inbound capture",
+    ),
+    (
+        "local_exclude_ports",
+        "-d",
+        "--istio-local-exclude-ports",
+        "ISTIO_LOCAL_EXCLUDE_PORTS",
+        "inbound ports never captured (only with -b '*')",
+    ),
+    (
+        "exclude_interfaces",
+        "-c",
+        "--istio-exclude-interfaces",
+        "ISTIO_EXCLUDE_INTERFACES",
+        "interfaces whose traffic is never captured",
+    ),
+    (
+        "service_cidr",
+        "-i",
+        "--istio-service-cidr",
+        "ISTIO_SERVICE_CIDR",
+        "outbound CIDRs to capture: '*' or a comma list; empty = no outbound CIDR capture",
+    ),
+    (
+        "service_exclude_cidr",
+        "-x",
+        "--istio-service-exclude-cidr",
+        "ISTIO_SERVICE_EXCLUDE_CIDR",
+        "outbound CIDRs never captured",
+    ),
+    ("outbound_ports", "-q", "--istio-outbound-ports", "ISTIO_OUTBOUND_PORTS", "outbound ports always captured"),
+    (
+        "outbound_ports_exclude",
+        "-o",
+        "--istio-local-outbound-ports-exclude",
+        "ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE",
+        "outbound ports never captured",
+    ),
+    (
+        "kube_virt_interfaces",
+        "-k",
+        "--kube-virt-interfaces",
+        "KUBE_VIRT_INTERFACES",
+        "virtual interfaces whose inbound traffic is treated as outbound",
+    ),
+    (
+        "network_namespace",
+        None,
+        "--network-namespace",
+        "NETWORK_NAMESPACE",
+        "apply in this network namespace (name under /var/run/netns, or a path)",
+    ),
+    (
+        "force_iptables_binary",
+        None,
+        "--force-iptables-binary",
+        "FORCE_IPTABLES_BINARY",
+        "legacy or nft: skip backend detection",
+    ),
+)
+
+# (dest, short, long, env, extra env consulted when the first is unset, help)
+_BOOL_FLAGS: tuple[tuple[str, str | None, str, str, str | None, str], ...] = (
+    ("dry_run", "-n", "--dry-run", "DRY_RUN", None, "print the iptables-restore payloads; touch nothing"),
+    (
+        "redirect_dns",
+        None,
+        "--redirect-dns",
+        "REDIRECT_DNS",
+        "ISTIO_META_DNS_CAPTURE",
+        "capture DNS to the resolv.conf nameservers and send it to 15053",
+    ),
+    (
+        "capture_all_dns",
+        None,
+        "--capture-all-dns",
+        "CAPTURE_ALL_DNS",
+        None,
+        "with --redirect-dns: capture all port-53 traffic",
+    ),
+    (
+        "drop_invalid",
+        None,
+        "--drop-invalid",
+        "DROP_INVALID",
+        "INVALID_DROP",
+        "drop conntrack-INVALID packets instead of letting them reset connections",
+    ),
+    (
+        "dual_stack",
+        None,
+        "--dual-stack",
+        "DUAL_STACK",
+        "ISTIO_AGENT_DUAL_STACK",
+        "program IPv6 too whenever a global IPv6 address exists",
+    ),
+    (
+        "run_validation",
+        None,
+        "--run-validation",
+        "RUN_VALIDATION",
+        None,
+        "after applying, prove capture works with real connections (exit 126 if not)",
+    ),
+    ("skip_rule_apply", None, "--skip-rule-apply", "SKIP_RULE_APPLY", None, "do not apply rules"),
+    ("reconcile", None, "--reconcile", "RECONCILE", None, "replace drifted rules of ours"),
+    ("cleanup_only", None, "--cleanup-only", "CLEANUP_ONLY", None, "remove our chains and jumps (foreign rules stay)"),
+    ("force_apply", None, "--force-apply", "FORCE_APPLY", None, "re-apply even when the rules are in place"),
+    (
+        "native_nftables",
+        None,
+        "--native-nftables",
+        "NATIVE_NFTABLES",
+        None,
+        "program native nftables (inet istio-proxy-* tables, one nft transaction) instead of iptables",
+    ),
+)
+
+
+class RawOptions(NamedTuple):
+    """Flags merged with env vars (flag wins), still unvalidated strings."""
+
+    values: Mapping[str, str]
+    flags: Mapping[str, bool]
+    pid: str | None
+    applier: str
+    warnings: tuple[str, ...] = ()
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"netinit: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="netinit",
+        description="Program the pod's traffic capture (istio-iptables compatible).",
+        epilog="Every flag also reads its istio-iptables env var; a flag wins over its env var. "
+        "Env-only: ISTIO_OUTBOUND_OWNER_GROUPS, ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE, "
+        "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR. Exit codes: 0 done, 2 bad input, 1 apply failed "
+        "(rolled back), 126 validation failed. Debugging: netinit explain|show|verify --help.",
+    )
+    for dest, short, long, env, help_ in _STR_FLAGS:
+        names = [n for n in (short, long) if n]
+        p.add_argument(*names, dest=dest, default=None, metavar="VALUE", help=f"{help_} [${env}]")
+    for dest, short, long, env, _fallback, help_ in _BOOL_FLAGS:
+        names = [n for n in (short, long) if n]
+        p.add_argument(*names, dest=dest, action="store_const", const=True, default=None, help=f"{help_} [${env}]")
+    p.add_argument("--pid", default=None, metavar="PID", help="apply in the network namespace of this process")
+    p.add_argument(
+        "--applier",
+        choices=("restore", "iptc"),
+        default="restore",
+        help="restore: iptables-restore (default); iptc: python-iptables in-process (legacy only)",
+    )
+    return p
+
+
+_GO_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
+_GO_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
+
+
+def _env_bool(env: Mapping[str, str], name: str) -> bool | None:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return None
+    if raw in _GO_TRUE:
+        return True
+    if raw in _GO_FALSE:
+        return False
+    raise ConfigError(f"netinit: invalid value for env {name}: {raw!r} (expected true or false)")
+
+
+def parse_options(argv: Sequence[str], env: Mapping[str, str]) -> RawOptions:
+    """Merge flags and env vars; a flag wins over its env var."""
+    ns = build_parser().parse_args(list(argv))
+    values: dict[str, str] = {}
+    for dest, _short, _long, env_name, _help in _STR_FLAGS:
+        v = getattr(ns, dest)
+        if v is None:
+            v = env.get(env_name)
+        if dest == "interception_mode" and v is None:
+            v = env.get("INBOUND_INTERCEPTION_MODE")
+        if dest == "tproxy_mark" and v is None:
+            v = env.get("INBOUND_TPROXY_MARK")
+        if v is not None:
+            values[dest] = v
+    flags: dict[str, bool] = {}
+    for dest, _short, _long, env_name, fallback, _help in _BOOL_FLAGS:
+        v = getattr(ns, dest)
+        if v is None:
+            v = _env_bool(env, env_name)
+        if v is None and fallback:
+            v = _env_bool(env, fallback)
+        flags[dest] = bool(v)
+    for name in (
+        "ISTIO_OUTBOUND_OWNER_GROUPS",
+        "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE",
+        "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR",
+    ):
+        if name in env:
+            values[name] = env[name]
+    return RawOptions(values=values, flags=flags, pid=ns.pid, applier=ns.applier)

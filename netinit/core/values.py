@@ -1,0 +1,125 @@
+"""THE validator of capture values: ports, port ranges and lists, interface names, CIDR lists, uid/gid lists,
+bounded integers. Pure; no I/O.
+
+One home for what a valid value is, used by netinit's flags (``netinit.core.config.resolve``) and by the
+injector for the pod annotations that become those flags, so a value the injector accepts is one netinit
+accepts. Every function takes the name of the setting (``flag``: a flag such as ``-b/--istio-inbound-ports``, an
+env var, or an annotation) and the text as given, and raises ``InvalidValue`` (a ``ConfigError``, exit 2)
+naming that setting, the offending value and why; on success it returns the value normalised the way the
+rules print it. Lists are istio-iptables' comma lists (``split_list``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+
+from netinit.errors import InvalidValue
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+WILDCARD = "*"
+
+MAX_ID = 2**32 - 2  # the largest uid/gid (2**32 - 1 is "no id")
+_IFACE_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_.-]*$")
+_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_.-]*$")
+
+
+def invalid(flag: str, value: str, why: str) -> InvalidValue:
+    """The error for a bad value: ``netinit: invalid value for FLAG: 'VALUE' (WHY)``."""
+    return InvalidValue(flag, value, why)
+
+
+def split_list(text: str) -> list[str]:
+    """istio-iptables' Split: comma list, empty items dropped (we also strip blanks)."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def port(flag: str, text: str) -> int:
+    """One port, 1-65535 (surrounding blanks allowed)."""
+    v = text.strip()
+    if not (v.isascii() and v.isdigit()) or not 1 <= int(v) <= 65535:
+        raise invalid(flag, text, "port must be an integer 1-65535")
+    return int(v)
+
+
+def port_spec(flag: str, text: str) -> str:
+    """One list entry: a port or an ``a-b``/``a:b`` range; returned the way iptables prints it (``a:b``, or ``a``
+    when both ends are equal)."""
+    m = re.fullmatch(r"(\d+)(?:[-:](\d+))?", text)
+    if not m:
+        raise invalid(flag, text, "expected a port 1-65535 or a range a-b")
+    lo = port(flag, m.group(1))
+    if m.group(2) is None:
+        return str(lo)
+    hi = port(flag, m.group(2))
+    if hi < lo:
+        raise invalid(flag, text, "range start is after its end")
+    return f"{lo}:{hi}" if hi != lo else str(lo)
+
+
+def ports(flag: str, text: str) -> tuple[str, ...]:
+    """A comma list of ports and ranges (``port_spec`` each); empty text is the empty list."""
+    return tuple(port_spec(flag, item) for item in split_list(text))
+
+
+def ports_or_all(flag: str, text: str) -> str | tuple[str, ...]:
+    """``*`` (every port) or ``ports``."""
+    t = text.strip()
+    return WILDCARD if t == WILDCARD else ports(flag, t)
+
+
+def interfaces(flag: str, text: str) -> tuple[str, ...]:
+    """A comma list of interface names (Linux's limit: 15 characters)."""
+    out = []
+    for item in split_list(text):
+        if len(item) > 15 or not _IFACE_RE.match(item):
+            raise invalid(flag, item, "interface names match ^[a-zA-Z][a-zA-Z0-9_.-]*$ and are at most 15 characters")
+        out.append(item)
+    return tuple(out)
+
+
+def cidrs(flag: str, text: str) -> tuple[Network, ...]:
+    """A comma list of IPv4/IPv6 CIDRs (or plain addresses); host bits are masked off (``10.1.2.3/8`` is
+    ``10.0.0.0/8``, as iptables reads it)."""
+    out: list[Network] = []
+    for item in split_list(text):
+        try:
+            out.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise invalid(flag, item, "expected a CIDR such as 10.0.0.0/8 or fd00::/8") from None
+    return tuple(out)
+
+
+def cidrs_or_all(flag: str, text: str) -> str | tuple[Network, ...]:
+    """``*`` (every destination) or ``cidrs``."""
+    t = text.strip()
+    return WILDCARD if t == WILDCARD else cidrs(flag, t)
+
+
+def ids(flag: str, text: str, names: Mapping[str, int], kind: str) -> tuple[str, ...]:
+    """A non-empty comma list of numeric ids or names; ``names`` resolves the names (e.g. the namespace's
+    ``/etc/group``: ``netinit.apply.facts.user_group_ids``). Returned as decimal strings. ``kind`` (uid, gid,
+    group) words the error."""
+    out = []
+    items = split_list(text)
+    if not items:
+        raise invalid(flag, text, f"at least one {kind} is required")
+    for item in items:
+        if item.isascii() and item.isdigit():
+            if int(item) > MAX_ID:
+                raise invalid(flag, item, f"{kind} out of range")
+            out.append(str(int(item)))
+        elif _NAME_RE.match(item) and item in names:
+            out.append(str(names[item]))
+        else:
+            raise invalid(flag, item, f"not a numeric {kind} nor a known {kind} name")
+    return tuple(out)
+
+
+def bounded_int(flag: str, text: str, lo: int, hi: int) -> int:
+    """A decimal integer ``lo``-``hi`` (surrounding blanks allowed)."""
+    v = text.strip()
+    if not (v.isascii() and v.isdigit()) or not lo <= int(v) <= hi:
+        raise invalid(flag, text, f"expected an integer {lo}-{hi}")
+    return int(v)
