@@ -54,7 +54,8 @@ _TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}(?:[Tt ].*)?")
 
 def ambiguous(text: str) -> bool:
     """True when some reader would not read ``text``, written plain, back as this string."""
-    return text in _WORDS or bool(_NUMBERISH.fullmatch(text)) or bool(_TIMESTAMP.fullmatch(text))
+    # Go's and YAML 1.1's number readers drop every "_" before parsing ("+__2E06" is 2000000).
+    return text in _WORDS or bool(_NUMBERISH.fullmatch(text.replace("_", ""))) or bool(_TIMESTAMP.fullmatch(text))
 
 
 class _Loader(yaml.SafeLoader):
