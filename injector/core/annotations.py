@@ -7,7 +7,6 @@ templates already parsed and typed; templates never look at raw annotation strin
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -18,6 +17,8 @@ import yaml
 
 from injector.core.config import deep_merge
 from injector.errors import AnnotationError
+from netinit.core import values as capture
+from netinit.errors import InvalidValue
 
 # --- names ------------------------------------------------------------------------------------------------------
 INJECT = "sidecar.istio.io/inject"  # label (preferred) or annotation
@@ -85,7 +86,6 @@ PROXY_CONFIG_FIELDS = frozenset(
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _QUANTITY = re.compile(r"^\+?(\d+(\.\d*)?|\.\d+)(Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E|[eE][+-]?\d+)?$")
-_IFACE = re.compile(r"^[A-Za-z0-9_.@+-]{1,15}$")
 _IMAGE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]*$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -155,42 +155,33 @@ def _single_line(name: str, value: str, limit: int = MAX_SINGLE_LINE) -> str:
     return value
 
 
-def _items(value: str) -> list[str]:
-    return [p.strip() for p in value.split(",") if p.strip()]
+def _capture_list(name: str, value: str, check: Callable[[str, str], object], allow_wildcard: bool = False) -> str:
+    """A comma list that becomes a netinit flag, checked by netinit's own validator (so whatever is admitted
+    here, istio-init accepts); returned as the comma list it will be passed as."""
+    _single_line(name, value, MAX_LIST)
+    items = capture.split_list(value)
+    if allow_wildcard and items == [capture.WILDCARD]:
+        return capture.WILDCARD
+    if capture.WILDCARD in items:
+        why = "'*' must stand alone" if allow_wildcard else "'*' is not allowed here"
+        raise AnnotationError(name, value, why)
+    try:
+        check(name, ",".join(items))
+    except InvalidValue as e:
+        raise AnnotationError(name, value, f"{e.value!r}: {e.why}") from None
+    return ",".join(items)
 
 
 def _cidrs(name: str, value: str, allow_wildcard: bool) -> str:
-    _single_line(name, value, MAX_LIST)
-    items = _items(value)
-    if allow_wildcard and items == ["*"]:
-        return "*"
-    for item in items:
-        try:
-            ipaddress.ip_network(item, strict=False)
-        except ValueError:
-            hint = " ('*' must stand alone)" if item == "*" and allow_wildcard else ""
-            raise AnnotationError(name, value, f"{item!r} is not a CIDR{hint}") from None
-    return ",".join(items)
+    return _capture_list(name, value, capture.cidrs, allow_wildcard)
 
 
 def _ports(name: str, value: str, allow_wildcard: bool) -> str:
-    _single_line(name, value, MAX_LIST)
-    items = _items(value)
-    if allow_wildcard and items == ["*"]:
-        return "*"
-    for item in items:
-        if not (item.isascii() and item.isdigit()) or not 0 < int(item) <= 65535:
-            raise AnnotationError(name, value, f"{item!r} is not a port number 1-65535")
-    return ",".join(items)
+    return _capture_list(name, value, capture.ports, allow_wildcard)
 
 
 def _interfaces(name: str, value: str) -> str:
-    _single_line(name, value, MAX_LIST)
-    items = _items(value)
-    for item in items:
-        if not _IFACE.match(item):
-            raise AnnotationError(name, value, f"{item!r} is not a network interface name")
-    return ",".join(items)
+    return _capture_list(name, value, capture.interfaces)
 
 
 def _quantity(name: str, value: str) -> str:
@@ -229,20 +220,20 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:
 
 def _component_levels(name: str, value: str) -> str:
     _single_line(name, value)
-    for item in _items(value):
+    for item in capture.split_list(value):
         comp, sep, level = item.partition(":")
         if not sep or not _COMPONENT.match(comp) or level not in ENVOY_LOG_LEVELS:
             raise AnnotationError(name, value, f"{item!r} is not component:level (level one of {ENVOY_LOG_LEVELS})")
-    return ",".join(_items(value))
+    return ",".join(capture.split_list(value))
 
 
 def _agent_levels(name: str, value: str) -> str:
     _single_line(name, value)
-    for item in _items(value):
+    for item in capture.split_list(value):
         scope, sep, level = item.rpartition(":")
         if (sep and not _COMPONENT.match(scope)) or level not in AGENT_LOG_LEVELS:
             raise AnnotationError(name, value, f"{item!r} is not [scope:]level (level one of {AGENT_LOG_LEVELS})")
-    return ",".join(_items(value))
+    return ",".join(capture.split_list(value))
 
 
 def _image(name: str, value: str) -> str:
@@ -392,7 +383,7 @@ def read_settings(annotations: Mapping[str, str], values: Mapping[str, Any]) -> 
 
 def exclude_inbound_with_status(status_port: int, excluded: str) -> str:
     """Istio's excludeInboundPort: the status port joins the excluded inbound ports unless 0 or already there."""
-    ports = _items(excluded)
+    ports = capture.split_list(excluded)
     if status_port and str(status_port) not in ports:
         ports.append(str(status_port))
     return ",".join(ports)

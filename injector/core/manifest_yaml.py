@@ -58,13 +58,29 @@ def ambiguous(text: str) -> bool:
     return text in _WORDS or bool(_NUMBERISH.fullmatch(text.replace("_", ""))) or bool(_TIMESTAMP.fullmatch(text))
 
 
-class _Loader(yaml.SafeLoader):
-    """Keeps timestamps as the strings they were (SafeLoader would make datetimes and change the output), and a
-    plain ``=`` as a string (SafeLoader resolves it to YAML 1.1's ``value`` tag, which it then cannot load)."""
+class ManifestLoader(yaml.SafeLoader):
+    """SafeLoader, but timestamps stay the strings they were (SafeLoader would make datetimes and change the
+    output), a plain ``=`` stays a string (SafeLoader resolves it to YAML 1.1's ``value`` tag and then cannot
+    load it), and a plain scalar that PyYAML's resolver takes for a number its converter then rejects (``0b_``,
+    ``0x_``) stays a string instead of raising ValueError."""
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> Any:
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError:
+            return self.construct_scalar(node)
+
+    def construct_yaml_float(self, node: yaml.ScalarNode) -> Any:
+        try:
+            return super().construct_yaml_float(node)
+        except ValueError:
+            return self.construct_scalar(node)
 
 
+ManifestLoader.add_constructor("tag:yaml.org,2002:int", ManifestLoader.construct_yaml_int)
+ManifestLoader.add_constructor("tag:yaml.org,2002:float", ManifestLoader.construct_yaml_float)
 _NOT_RESOLVED = ("tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:value")
-_Loader.yaml_implicit_resolvers = {
+ManifestLoader.yaml_implicit_resolvers = {
     k: [(tag, rx) for tag, rx in v if tag not in _NOT_RESOLVED]
     for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
@@ -86,7 +102,7 @@ _Dumper.add_representer(str, _represent_str)
 
 def load_all(text: str) -> list[Any]:
     """Every document of a YAML stream (empty documents dropped); raises ``yaml.YAMLError``."""
-    return [d for d in yaml.load_all(text, Loader=_Loader) if d is not None]
+    return [d for d in yaml.load_all(text, Loader=ManifestLoader) if d is not None]
 
 
 def dump_all(docs: Iterable[Any]) -> str:

@@ -41,8 +41,12 @@ BAD = [
     (keys.INCLUDE_INBOUND_PORTS, "80,http"),
     (keys.EXCLUDE_INBOUND_PORTS, "70000"),
     (keys.INCLUDE_OUTBOUND_PORTS, "0"),
-    (keys.EXCLUDE_OUTBOUND_PORTS, "1000-2000"),
+    (keys.EXCLUDE_OUTBOUND_PORTS, "2000-1000"),
     (keys.EXCLUDE_INTERFACES, "eth0;reboot"),
+    # Interface names istio-init refuses (they were admitted, and the pod then sat in Init:Error).
+    (keys.KUBEVIRT_INTERFACES, "veth@1"),
+    (keys.EXCLUDE_INTERFACES, "1eth"),
+    (keys.REROUTE_VIRTUAL_INTERFACES, "net+1"),
     (keys.KUBEVIRT_INTERFACES, "a-very-long-interface-name"),
     (keys.REROUTE_VIRTUAL_INTERFACES, "net 1"),
     (keys.INTERCEPTION_MODE, "redirect"),

@@ -26,20 +26,21 @@ TRICKY = [
     "5e10", "123e4", "1e3", "1E3", "1.5e3", "-1e-3", "0o644", "0O17", "0x1F", "0b1010", "1_000", "0644", "007",
     "+1", "-0", "1.", ".5", "-.5", "+.5", "1:20", "190:20:30", "1:20.5", "yes", "No", "ON", "off", "y", "N",
     "true", "False", "~", "null", "Null", "NULL", ".inf", "-.Inf", ".NaN", "2024-01-01", "2001-12-14t21:59:43.10-05:00",
-    "2024-1-1", "=", "<<", "+__2E06", "1_0e1_0",
+    "2024-1-1", "=", "<<", "+__2E06", "1_0e1_0", "0b_", "0x_",
     "1.2.3", "10.0.0.1", "::1", "0.0", "00", "1e", "e1", "0x", "-", "1-2", "v1.0", "abc",
 ]  # fmt: skip
 
 
-class _GoOutputLoader(yaml.SafeLoader):
-    """Reads what Go wrote: Go writes a string plain whenever *its* reader sees a string, so ``=``, ``<<`` and
-    dates must stay strings here (PyYAML would make value/merge tags and datetimes of them); numbers and bools
-    are still read as such, so a string Go turned into a number shows up as a mismatch."""
+class _GoOutputLoader(manifest_yaml.ManifestLoader):
+    """Reads what Go wrote: Go writes a string plain whenever *its* reader sees a string, so ``=``, ``<<``,
+    dates and PyYAML-only numbers (``0b_``) must stay strings here (the product loader already keeps all but the
+    merge key ``<<``, which manifests may use); numbers and bools are still read as such, so a string Go turned
+    into a number shows up as a mismatch."""
 
 
 _GoOutputLoader.yaml_implicit_resolvers = {
-    k: [(t, rx) for t, rx in v if t.rsplit(":", 1)[-1] not in ("timestamp", "value", "merge")]
-    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    k: [(t, rx) for t, rx in v if t != "tag:yaml.org,2002:merge"]
+    for k, v in manifest_yaml.ManifestLoader.yaml_implicit_resolvers.items()
 }
 
 
