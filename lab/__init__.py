@@ -1,0 +1,1 @@
+"""Outside the wheel: labs and demos that drive the product from the outside (namespaces, containers)."""
