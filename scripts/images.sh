@@ -74,7 +74,7 @@ build_standin() {
     rm -rf "$work"
     return 1
   fi
-  "$engine" import --change "ENV PATH=$STANDIN_PATH" --change 'CMD ["python3"]' \
+  "$engine" import -q --change "ENV PATH=$STANDIN_PATH" --change 'CMD ["python3"]' \
     "$work/rootfs.tar" "$image" >/dev/null
   rm -rf "$work"
   say "base $image: built in $(secs "$t0" "$(now)")"
