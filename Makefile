@@ -10,8 +10,8 @@ demo: bootstrap
 	$(PY) -m injector.demo
 
 lint: bootstrap
-	$(PY) -m ruff check netinit injector tests
-	$(PY) -m ruff format --check netinit injector tests
+	$(PY) -m ruff check netinit injector tests lab
+	$(PY) -m ruff format --check netinit injector tests lab
 
 typecheck: bootstrap
 	$(PY) -m mypy
