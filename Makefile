@@ -18,7 +18,7 @@ typecheck: bootstrap
 	$(PY) -m mypy
 
 test: bootstrap lint typecheck
-	NETINIT_REQUIRE_NETNS_TESTS=1 $(PY) -m pytest -q -rs
+	NETINIT_REQUIRE_NETNS_TESTS=1 SIDECAR_REQUIRE_RUNTIME_TESTS=1 $(PY) -m pytest -q -rs
 
 # The three images (netinit, injector, envoy) with podman or docker; IMAGE_REGISTRY / IMAGE_TAG to rename them.
 images:

@@ -11,6 +11,10 @@ command -v iptables-nft-restore >/dev/null 2>&1 || need_pkgs+=(iptables)
 command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || need_pkgs+=(nftables)
 command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
 command -v setpriv >/dev/null 2>&1 || need_pkgs+=(util-linux)
+# The runtime tests (tests/runtime, `make images`): a real container engine and a way to make a base image offline.
+command -v podman >/dev/null 2>&1 || need_pkgs+=(podman)
+command -v runc >/dev/null 2>&1 || need_pkgs+=(runc)
+command -v mmdebstrap >/dev/null 2>&1 || need_pkgs+=(mmdebstrap)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "bootstrap: need root to install: ${need_pkgs[*]}" >&2; exit 1
