@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from collections.abc import Sequence
 
-from injector.core.config import NATIVE_MODES, load_config
+from injector.core.config import NATIVE_MODES, load_config, parse_kube_version
 from injector.core.inject import check_config
 from injector.errors import ConfigError, Refused
 
 
 def _kube_version(value: str) -> tuple[int, int]:
-    m = re.fullmatch(r"v?(\d+)\.(\d+)(\.\d+)?", value)
-    if not m:
-        raise argparse.ArgumentTypeError(f"expected MAJOR.MINOR such as 1.31, got {value!r}")
-    return int(m.group(1)), int(m.group(2))
+    try:
+        return parse_kube_version(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -187,7 +186,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def main_entry() -> None:
-    sys.exit(main())
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`sidecar-injector certs ... | head`): not an error of ours, and no traceback.
+        # Python's own advice: point stdout at devnull so the flush at exit does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 1
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,11 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from injector.core.config import parse_kube_version
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiException, V1MutatingWebhookConfiguration, V1Secret
@@ -119,7 +120,12 @@ class ClientKubeApi:
 
         cfg = client.Configuration()
         if host is None:
-            config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+            try:
+                config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+            except config.ConfigException as e:
+                raise KubeUnreachable(
+                    f"not running in a Kubernetes pod ({e}): give the API server with --kube-api-server URL"
+                ) from None
         else:
             cfg.host = host.rstrip("/")
         if token is not None:
@@ -143,7 +149,7 @@ class ClientKubeApi:
         from kubernetes import client
 
         info = self._call(_Target("get", "/version", "", "", None), client.VersionApi(self._client).get_code)
-        return int(re.sub(r"\D", "", info.major)), int(re.sub(r"\D", "", info.minor))
+        return parse_kube_version(f"{info.major}.{info.minor}")
 
     def __enter__(self) -> ClientKubeApi:
         return self

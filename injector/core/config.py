@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,17 @@ CONFIG_KEYS = frozenset(
     }
 )
 NATIVE_MODES = ("auto", "true", "false")
+# A Kubernetes version as servers and people write it: v1.29.3, 1.30, managed clusters' 1.30+ (an EKS/GKE minor
+# with a "+"), v1.29.3-gke.1, v1.31.0+k3s1. Only MAJOR.MINOR matters here.
+_KUBE_VERSION = re.compile(r"v?(\d+)\.(\d+)\+?(?:\.\d+)?(?:[-+][0-9A-Za-z.+-]*)?")
+
+
+def parse_kube_version(text: str) -> tuple[int, int]:
+    """(major, minor) of a Kubernetes version string; ValueError naming the accepted forms otherwise."""
+    m = _KUBE_VERSION.fullmatch(text.strip())
+    if not m:
+        raise ValueError(f"expected a Kubernetes version such as 1.31, v1.29.3-gke.1 or 1.30+, got {text!r}")
+    return int(m.group(1)), int(m.group(2))
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 import yaml
 
 from injector.__main__ import main
+from lab.shell import console_script
 
 POD = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: app, image: app:1}]\n"
 
@@ -118,3 +120,49 @@ def test_serve_without_a_writable_tmp_says_so(
     assert rc == 2
     err = capsys.readouterr().err
     assert "writable temporary directory" in err and "emptyDir at /tmp" in err
+
+
+@pytest.mark.parametrize(
+    ("given", "native"),
+    [("v1.29.3-gke.1", True), ("1.30+", True), ("v1.31.0+k3s1", True), ("1.28", False), ("v1.28.9-eks-036c24b", False)],
+)
+def test_kube_version_takes_real_server_versions(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], given: str, native: bool
+) -> None:
+    """Managed clusters report versions such as v1.29.3-gke.1 and minor "30+"; only MAJOR.MINOR decides."""
+    rc, out, err = run(monkeypatch, capsys, POD, "--kube-version", given)
+    assert rc == 0, err
+    init = [c["name"] for c in yaml.safe_load(out)["spec"].get("initContainers") or []]
+    assert ("istio-proxy" in init) is native
+
+
+@pytest.mark.parametrize("bad", ["new", "1", "1.x", "v1.29.3 extra", "1.29..3"])
+def test_kube_version_refuses_what_is_not_a_version(capsys: pytest.CaptureFixture[str], bad: str) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["kube-inject", "-f", "-", "--kube-version", bad])
+    assert e.value.code == 2
+    assert "expected a Kubernetes version such as 1.31" in capsys.readouterr().err
+
+
+def test_serve_cert_secret_outside_a_cluster_is_a_message_not_a_traceback(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
+    p = subprocess.run(
+        [*console_script("sidecar-injector"), "serve", "--cert-secret", "s", "--cert-dir", str(tmp_path),
+         "--cert-retries", "1", "--port", "0"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert p.returncode == 1, p.stderr
+    assert "Traceback" not in p.stderr
+    assert "not running in a Kubernetes pod" in p.stderr and "--kube-api-server" in p.stderr
+
+
+def test_certs_into_a_closed_pipe_is_quiet(tmp_path: Path) -> None:
+    """`sidecar-injector certs ... | head -c1`: the reader goes away before the caBundle is printed."""
+    cmd = [*console_script("sidecar-injector"), "certs", "--out-dir", str(tmp_path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # nobody reads: the print hits a broken pipe
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 1
+    assert "Traceback" not in err and "BrokenPipeError" not in err
+    assert (tmp_path / "tls.crt").exists()  # the files were written before stdout was
