@@ -191,14 +191,21 @@ def _quantity(name: str, value: str) -> str:
     return value.strip()
 
 
-def _bool(name: str, value: str) -> bool:
-    # Go's strconv.ParseBool, which Istio uses for boolean annotations.
-    v = _single_line(name, value).strip()
+def go_bool(value: str) -> bool | None:
+    """Go's strconv.ParseBool, which Istio uses for boolean annotations; None when it would fail."""
+    v = value.strip()
     if v in ("1", "t", "T", "true", "TRUE", "True"):
         return True
     if v in ("0", "f", "F", "false", "FALSE", "False"):
         return False
-    raise AnnotationError(name, value, "expected true or false")
+    return None
+
+
+def _bool(name: str, value: str) -> bool:
+    parsed = go_bool(_single_line(name, value))
+    if parsed is None:
+        raise AnnotationError(name, value, "expected true or false")
+    return parsed
 
 
 def _exact_bool(name: str, value: str) -> bool:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from injector.core import annotations as keys
-from injector.core import jsondiff, probes
+from injector.core import jsondiff, probes, prometheus
 from injector.core.annotations import Settings, read_settings
 from injector.core.config import InjectorConfig
 from injector.core.merge import clone, merge_into
@@ -26,7 +26,6 @@ from injector.core.request import (
     INIT,
     NATIVE_SIDECAR_MIN_VERSION,
     NETWORK_LABEL,
-    PROMETHEUS_ENV,
     PROXY,
     PROXY_UID,
     VALIDATION,
@@ -149,17 +148,8 @@ def _uninject_in_place(pod: Obj) -> Obj:
     env = {e.get("name"): e.get("value") for e in (proxy or {}).get("env") or []}
     if isinstance(env.get(probes.ENV_NAME), str):
         probes.restore(pod, env[probes.ENV_NAME], PROXY)
-    if isinstance(env.get(PROMETHEUS_ENV), str):
-        scrape = json.loads(env[PROMETHEUS_ENV])
-        for key, name in (
-            ("scrape", keys.PROMETHEUS_SCRAPE),
-            ("path", keys.PROMETHEUS_PATH),
-            ("port", keys.PROMETHEUS_PORT),
-        ):
-            if scrape.get(key):
-                ann[name] = scrape[key]
-            else:
-                ann.pop(name, None)
+    value = env.get(prometheus.ENV_NAME)
+    prometheus.restore(ann, value if isinstance(value, str) else None)
     removed = set(status.get("containers") or []) | set(status.get("initContainers") or [])
     for key in ("containers", "initContainers"):
         if key in spec:
@@ -229,7 +219,9 @@ def post_process(pod: Obj, template_pod: Obj, req: Request, s: Settings, r: Rend
             if probers is not None:
                 _set_env(proxy, probes.ENV_NAME, probers)
         if r.prometheus_merge and s.prometheus_merge:
-            _prometheus_merge(ann, proxy, s.status_port)
+            scrape_env = prometheus.merge(ann, s.status_port)
+            if scrape_env is not None:
+                _set_env(proxy, prometheus.ENV_NAME, scrape_env)
     network = network_of(req, labels)
     if network:
         labels[NETWORK_LABEL] = network
@@ -356,18 +348,3 @@ def _set_env(container: Obj, name: str, value: str) -> None:
             e.update(name=name, value=value)
             return
     env.append({"name": name, "value": value})
-
-
-def _prometheus_merge(ann: Obj, proxy: Obj, status_port: int) -> None:
-    """Point Prometheus at the agent's merged metrics; the user's own scrape settings go to the agent in env."""
-    if ann.get(keys.PROMETHEUS_SCRAPE) == "false" or status_port == 0:
-        return
-    original = {
-        "scrape": ann.get(keys.PROMETHEUS_SCRAPE, ""),
-        "path": ann.get(keys.PROMETHEUS_PATH, ""),
-        "port": ann.get(keys.PROMETHEUS_PORT, ""),
-    }
-    _set_env(proxy, PROMETHEUS_ENV, json.dumps(original, separators=(",", ":")))
-    ann[keys.PROMETHEUS_SCRAPE] = "true"
-    ann[keys.PROMETHEUS_PORT] = str(status_port)
-    ann[keys.PROMETHEUS_PATH] = "/stats/prometheus"

@@ -152,7 +152,9 @@ def canonical_service(labels: Mapping[str, str], workload_name: str) -> tuple[st
 
 
 def workload_of(pod: Mapping[str, Any], namespace: str) -> Workload:
-    """Istio's heuristic: the controller owner, with a ReplicaSet's pod-template-hash cut off to name the Deployment."""
+    """Istio's heuristic (kube.GetDeployMetaFromPod): the controller owner, with a ReplicaSet's pod-template-hash
+    cut off to name the Deployment (or Argo Rollout), a ReplicationController's ``deploymentconfig`` label for an
+    OpenShift DeploymentConfig, and a Job's schedule suffix cut off to name the CronJob."""
     meta = pod.get("metadata") or {}
     labels = meta.get("labels") or {}
     name = meta.get("name") or ""
@@ -163,8 +165,14 @@ def workload_of(pod: Mapping[str, Any], namespace: str) -> Workload:
             pod_hash = labels.get("pod-template-hash", "")
             if kind == "ReplicaSet" and pod_hash and name.endswith("-" + pod_hash):
                 return Workload(name[: -len(pod_hash) - 1], namespace, "Deployment", "apps/v1")
-            if kind == "Job" and re.fullmatch(r".+-\d{8,}", name):  # a CronJob's Job: <cronjob>-<scheduled minute>
-                return Workload(name.rsplit("-", 1)[0], namespace, "CronJob", "batch/v1")
+            rollout_hash = labels.get("rollouts-pod-template-hash", "")
+            if kind == "ReplicaSet" and rollout_hash and name.endswith("-" + rollout_hash):  # an Argo Rollout
+                return Workload(name[: -len(rollout_hash) - 1], namespace, "Rollout", "v1alpha1")
+            if kind == "ReplicationController" and labels.get("deploymentconfig"):  # an OpenShift DeploymentConfig
+                return Workload(str(labels["deploymentconfig"]), namespace, "DeploymentConfig", api)
+            m = re.fullmatch(r"(.+)-\d{8,10}", name)  # a CronJob's Job: <cronjob>-<scheduled minute>
+            if kind == "Job" and m:
+                return Workload(m.group(1), namespace, "CronJob", "batch/v1")
             return Workload(name, namespace, kind, api)
         name = name or meta["generateName"].rstrip("-")
     return Workload(name, namespace)

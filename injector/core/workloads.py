@@ -27,6 +27,7 @@ POD_TEMPLATES: dict[str, tuple[str, ...]] = {
     "DaemonSet": ("spec", "template"),
     "Job": ("spec", "template"),
     "ReplicationController": ("spec", "template"),
+    "DeploymentConfig": ("spec", "template"),  # OpenShift, apps.openshift.io/v1
     "CronJob": ("spec", "jobTemplate", "spec", "template"),
 }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import replace
 from typing import Any
 
@@ -192,6 +193,54 @@ def test_uninject_of_injected_pod_gives_back_the_original() -> None:
     assert keys.STATUS not in ann
 
 
+def _sidecar(annotations: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """(annotations, istio-proxy env) after injecting a pod with ``annotations`` (sidecar template)."""
+    out = run(pod({keys.TEMPLATES: "sidecar", **annotations})).pod
+    proxy = next(c for c in out["spec"]["containers"] if c["name"] == "istio-proxy")
+    return out["metadata"]["annotations"], {e["name"]: e.get("value", "") for e in proxy["env"]}
+
+
+@pytest.mark.parametrize(
+    "opt_out",
+    [{"prometheus.io/scrape": "false"}, {"prometheus.io.scrape": "false"}, {"prometheus.io/scrape": "0"},
+     {"prometheus-io/scrape": "F"}],
+)  # fmt: skip
+def test_prometheus_opt_out_in_any_spelling_leaves_the_annotations(opt_out: dict[str, str]) -> None:
+    """Istio matches prometheus keys after mapping every non [A-Za-z0-9_] character to '_', and the scrape value
+    with Go's ParseBool."""
+    ann, env = _sidecar(opt_out)
+    assert {k: v for k, v in ann.items() if "prometheus" in k and "istio" not in k} == opt_out
+    assert "ISTIO_PROMETHEUS_ANNOTATIONS" not in env
+
+
+def test_prometheus_merge_takes_every_spelling_and_writes_istio_keys() -> None:
+    ann, env = _sidecar({"prometheus.io.scrape": "true", "prometheus.io.port": "9100", "prometheus-io/path": "/m"})
+    assert not [k for k in ann if k.startswith(("prometheus.io.", "prometheus-io"))]
+    assert (ann["prometheus.io/port"], ann["prometheus.io/path"], ann["prometheus.io/scrape"]) == (
+        "15020", "/stats/prometheus", "true",
+    )  # fmt: skip
+    assert json.loads(env["ISTIO_PROMETHEUS_ANNOTATIONS"]) == {"scrape": "true", "path": "/m", "port": "9100"}
+
+
+def test_prometheus_merge_without_app_annotations_sets_no_env() -> None:
+    ann, env = _sidecar({})
+    assert ann["prometheus.io/port"] == "15020" and "ISTIO_PROMETHEUS_ANNOTATIONS" not in env
+
+
+def test_prometheus_port_already_on_the_status_port_is_left_alone() -> None:
+    ann, env = _sidecar({"prometheus.io/port": "15020", "prometheus.io/path": "/custom"})
+    assert ann["prometheus.io/path"] == "/custom" and "prometheus.io/scrape" not in ann
+    assert "ISTIO_PROMETHEUS_ANNOTATIONS" not in env
+
+
+def test_prometheus_port_follows_the_status_port_annotation() -> None:
+    """Deliberate difference (docs/compat.md): Istio points prometheus.io/port at the mesh default status port
+    (15020) even when status.sidecar.istio.io/port moves the agent elsewhere, which scrapes a closed port; here
+    it follows the annotation."""
+    ann, _ = _sidecar({keys.STATUS_PORT: "15099"})
+    assert ann["prometheus.io/port"] == "15099"
+
+
 def test_uninject_leaves_plain_pods_alone() -> None:
     p = pod()
     assert uninject(p) == p
@@ -239,6 +288,11 @@ def test_workload_of_controller_owned_pods() -> None:
     assert workload_of(owned("ReplicaSet", "rs"), "ns") == Workload("rs", "ns", "ReplicaSet", "apps/v1")
     assert workload_of(owned("StatefulSet", "db"), "ns") == Workload("db", "ns", "StatefulSet", "apps/v1")
     assert workload_of(owned("Job", "nightly-29123456"), "ns").kind == "CronJob"
+    assert workload_of(owned("Job", "nightly-12345678901"), "ns").kind == "Job"  # Istio: 8-10 digits only
+    rollout = owned("ReplicaSet", "canary-5f6d", {"rollouts-pod-template-hash": "5f6d"})
+    assert workload_of(rollout, "ns") == Workload("canary", "ns", "Rollout", "v1alpha1")
+    dc = owned("ReplicationController", "hello-3", {"deploymentconfig": "hello"})
+    assert workload_of(dc, "ns").name == "hello" and workload_of(dc, "ns").kind == "DeploymentConfig"
     assert workload_of({"metadata": {"name": "solo"}}, "ns") == Workload("solo", "ns")
     assert workload_of({"metadata": {"generateName": "gen-"}}, "ns").name == "gen"
 
@@ -248,3 +302,20 @@ def test_canonical_names_fall_back_and_fit_a_label() -> None:
     assert canonical_service({"app.kubernetes.io/name": "n", "app": "a"}, "w") == ("n", "latest")
     name, _ = canonical_service({}, "x" * 62 + "-y" * 10)
     assert len(name) <= 63 and name[-1].isalnum()
+
+
+def test_custom_controller_pod_takes_the_controller_name_cut_to_63() -> None:
+    """Istio's golden truncate-canonical-name-custom-controller-pod: the canonical name is the controller's name cut
+    to 63 characters with the trailing '-' dropped; the workload name keeps all of it."""
+    owner = "helloworld-helloworld-helloworld-helloworld-helloworld-hellowo-ld"  # 66 characters
+    p = pod({keys.TEMPLATES: "sidecar"})
+    p["metadata"] = {"generateName": "helloworld-", "namespace": "ns",
+                     "annotations": p["metadata"]["annotations"],
+                     "ownerReferences": [{"apiVersion": "foo/v1", "kind": "Bar", "name": owner, "controller": True,
+                                          "uid": "u"}]}  # fmt: skip
+    out = run(p).pod
+    assert out["metadata"]["labels"]["service.istio.io/canonical-name"] == owner[:62]
+    proxy = next(c for c in out["spec"]["containers"] if c["name"] == "istio-proxy")
+    env = {e["name"]: e.get("value") for e in proxy["env"]}
+    assert env["ISTIO_META_WORKLOAD_NAME"] == owner
+    assert env["ISTIO_META_OWNER"] == f"kubernetes://apis/foo/v1/namespaces/ns/bars/{owner}"
