@@ -45,7 +45,7 @@ def test_the_three_images_exist_under_the_names_the_manifests_use(built: podman.
         assert built.status[name] in ("built", "cached")
     # the defaults, unless the run was given IMAGE_REGISTRY / IMAGE_TAG
     deployment = (ROOT / "manifests" / "base" / "deployment.yaml").read_text()
-    values = (ROOT / "injector" / "defaults" / "values.yaml").read_text()
+    values = (ROOT / "injector" / "core" / "defaults" / "values.yaml").read_text()
     if built.images["injector"] == f"ghcr.io/sidecar-injector/injector:{version()}":
         assert f"image: {built.images['injector']}" in deployment
         assert f"image: {built.images['netinit']}" in values

