@@ -17,7 +17,7 @@ from injector.certs.lifecycle import ensure_serving_cert
 from injector.core.config import load_config
 from injector.core.inject import inject
 from injector.core.request import Request
-from tests.kube_server import running
+from tests.support.kube_server import running
 
 ROOT = Path(__file__).resolve().parents[2]
 CFG = load_config(env={})

@@ -14,24 +14,11 @@ from netinit.apply.runner import Completed, SubprocessRunner
 from netinit.core.config import config_from_flags
 from netinit.core.plan import plan
 from netinit.rules.save import desired_state, parse_save
+from tests.support.cases import FULL, ISTIO
 
 pytestmark = pytest.mark.requires_root
 
-ISTIO_DEFAULT = list(netlab.SIDECAR_ARGS)
-FULL = [
-    *ISTIO_DEFAULT,
-    "-q",
-    "9000",
-    "-o",
-    "25,26-30",
-    "-c",
-    "eth9",
-    "-k",
-    "veth7",
-    "--drop-invalid",
-    "--redirect-dns",
-    "--capture-all-dns",
-]
+ISTIO_DEFAULT = ISTIO
 
 
 def netinit(ns: str, flavor: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from lab import netlab
-from tests.netns.test_apply import FULL, ISTIO_DEFAULT
+from tests.support.cases import FULL
+from tests.support.cases import ISTIO as ISTIO_DEFAULT
 
 pytestmark = pytest.mark.requires_root
 

@@ -18,8 +18,7 @@ from netinit.apply.runner import Completed, SubprocessRunner
 from netinit.core.config import config_from_flags
 from netinit.core.plan import plan
 from netinit.rules import nft
-
-from ..unit.test_plan import CASES
+from tests.support.cases import CASES
 
 pytestmark = pytest.mark.requires_root
 

@@ -15,7 +15,7 @@ from netinit.core.plan import plan
 from netinit.debug.connection import Query
 from netinit.debug.live import read_live
 from netinit.rules import nft
-from tests.unit.test_plan import CASES
+from tests.support.cases import CASES
 
 from .test_explain_kernel import (
     PEER4,

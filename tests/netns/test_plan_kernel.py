@@ -10,7 +10,7 @@ from netinit.apply.engine import render_restore
 from netinit.core.config import config_from_flags
 from netinit.core.plan import plan
 from netinit.rules.save import desired_state, parse_save
-from tests.unit.test_plan import CASES
+from tests.support.cases import CASES
 
 pytestmark = pytest.mark.requires_root
 

@@ -14,8 +14,8 @@ from lab import netlab
 from netinit.apply.engine import render_restore
 from netinit.core.config import HostFacts, config_from_flags
 from netinit.core.plan import plan
-from tests.unit.test_plan import CASES
-from tests.unit.test_show_verify import kube_inject
+from tests.support.cases import CASES
+from tests.unit.netinit.test_show_verify import kube_inject
 
 pytestmark = pytest.mark.requires_root
 

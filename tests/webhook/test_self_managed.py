@@ -15,7 +15,7 @@ import pytest
 
 from injector.certs import crypto
 from lab.shell import console_script, free_port
-from tests.kube_server import FakeKube, running
+from tests.support.kube_server import FakeKube, running
 
 NS, SECRET, MWC = "sidecar-injector", "sidecar-injector-tls", "sidecar-injector"
 HOSTNAME = "sidecar-injector.sidecar-injector.svc"

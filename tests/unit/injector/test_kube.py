@@ -15,7 +15,7 @@ import pytest
 from injector.certs import crypto
 from injector.certs.kube import ApiError, ClientKubeApi, KubeUnreachable, ca_bundle_patch
 from injector.certs.lifecycle import SECRET_LABELS, Action, ensure_serving_cert, plan_secret, stale_webhooks
-from tests.kube_server import FakeKube, running
+from tests.support.kube_server import FakeKube, running
 
 NOW = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
 NS, SECRET, SERVICE, MWC = "sidecar-injector", "sidecar-injector-certs", "sidecar-injector", "sidecar-injector"

@@ -23,11 +23,10 @@ from netinit.core.flags import parse_options
 from netinit.core.plan import Match, Rule, RuleSet, owner, plan, tcp, udp
 from netinit.errors import ApplyError, BackendError, ConfigError, DriftError
 from netinit.rules import nft
-
-from .test_plan import CASES, ISTIO
+from tests.support.cases import CASES, ISTIO
 
 GOLDEN = Path(__file__).parent / "golden" / "nft"
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def render(name: str) -> str:

@@ -18,7 +18,7 @@ from netinit.core.plan import Family, plan
 from netinit.debug.show import ANNOTATIONS, reconstruct
 from netinit.debug.verify import compare, diff_rules
 from netinit.rules.save import planned_save
-from tests.unit.test_plan import CASES
+from tests.support.cases import CASES
 
 ISTIO = list(netlab.SIDECAR_ARGS)
 FLAGS = [*ISTIO, "-x", "10.0.0.0/8", "-o", "8081"]
@@ -210,7 +210,7 @@ def test_explain_show_verify_from_a_saved_dump(tmp_path: Path, capsys: pytest.Ca
     assert "rule #1 changed (8082 -> 8081)" in capsys.readouterr().out
 
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def kube_inject(manifest: Path) -> str:

@@ -17,7 +17,7 @@ from netinit.debug import live
 from netinit.debug.show import reconstruct
 from netinit.rules import nft, nft_read
 from netinit.rules.save import parse_save, planned_save
-from tests.unit.test_plan import CASES, ISTIO
+from tests.support.cases import CASES, ISTIO
 
 
 def planned(name: str) -> RuleSet:

@@ -17,7 +17,7 @@ from netinit.debug.model import NOT_LO, Connection, Packet, load_tables
 from netinit.debug.verdict import Explanation
 from netinit.debug.walker import explain
 from netinit.rules.save import parse_rule, planned_save
-from tests.unit.test_plan import CASES
+from tests.support.cases import CASES
 
 A = ipaddress.ip_address
 ISTIO = [*netlab.SIDECAR_ARGS, "-x", "10.0.0.0/8", "-o", "25"]

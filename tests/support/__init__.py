@@ -1,0 +1,1 @@
+"""Shared test inputs and fakes: planner cases, capture flag sets, the in-test Kubernetes API server."""
