@@ -41,8 +41,10 @@ def parser() -> argparse.ArgumentParser:
         help="Kubernetes version of the target cluster, for --native-sidecar auto (unknown: legacy layout)",
     )
     from injector.certs import cli as certs_cli
+    from injector.proxy import cli as proxy_cli
 
     certs_cli.add_parser(sub)
+    proxy_cli.add_parser(sub)
     s = sub.add_parser("serve", help="serve the admission webhook over HTTPS")
     s.add_argument("--port", type=int, default=9443)
     s.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all)")
@@ -178,6 +180,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return kube_inject(args)
     if args.command == "serve":
         return serve(args)
+    if args.command == "proxy-config":
+        from injector.proxy import cli as proxy_cli
+
+        return proxy_cli.run(args)
     if args.command == "certs":
         from injector.certs import cli as certs_cli
 

@@ -28,6 +28,33 @@ import jsonpatch
 ADMISSION = "admissionregistration.k8s.io"
 _SECRETS = re.compile(r"/api/v1/namespaces/(?P<ns>[^/]+)/secrets")
 _SECRET = re.compile(r"/api/v1/namespaces/(?P<ns>[^/]+)/secrets/(?P<name>[^/]+)")
+_POD = re.compile(r"/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<name>[^/]+)")
+# Discovery, as kubectl reads it before `kubectl get pod` (the core group only: pods, secrets).
+_DISCOVERY: dict[str, dict[str, Any]] = {
+    "/api": {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []},
+    "/apis": {"kind": "APIGroupList", "apiVersion": "v1", "groups": []},
+    "/api/v1": {
+        "kind": "APIResourceList",
+        "groupVersion": "v1",
+        "resources": [
+            {
+                "name": "pods",
+                "singularName": "pod",
+                "namespaced": True,
+                "kind": "Pod",
+                "verbs": ["get"],
+                "shortNames": ["po"],
+            },
+            {
+                "name": "secrets",
+                "singularName": "secret",
+                "namespaced": True,
+                "kind": "Secret",
+                "verbs": ["get", "create", "update"],
+            },
+        ],
+    },
+}
 _MWC = re.compile(rf"/apis/{re.escape(ADMISSION)}/v1/mutatingwebhookconfigurations/(?P<name>[^/]+)")
 _VERBS = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 _REASONS = {
@@ -80,6 +107,7 @@ class FakeKube:
 
     def __init__(self) -> None:
         self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
+        self.pods: dict[tuple[str, str], dict[str, Any]] = {}
         self.mwcs: dict[str, dict[str, Any]] = {}
         self.requests: list[Request] = []
         self.race: dict[str, dict[str, bytes]] = {}
@@ -130,6 +158,11 @@ class FakeKube:
                 "type": "kubernetes.io/tls",
                 "data": {k: _b64(v) for k, v in data.items()},
             }
+
+    def add_pod(self, namespace: str, pod: dict[str, Any]) -> None:
+        name = pod["metadata"]["name"]
+        self.pods[(namespace, name)] = {"apiVersion": "v1", "kind": "Pod", **pod,
+                                        "metadata": {**pod["metadata"], **self._meta(name, namespace)}}  # fmt: skip
 
     def secret(self, namespace: str, name: str) -> dict[str, Any]:
         return copy.deepcopy(self.secrets[(namespace, name)])
@@ -195,6 +228,13 @@ class FakeKube:
                 "compiler": "gc",
                 "platform": "linux/amd64",
             }
+        if path in _DISCOVERY and method == "GET":
+            return 200, _DISCOVERY[path]
+        if (m := _POD.fullmatch(path)) and method == "GET":
+            pod = self.pods.get((m["ns"], m["name"]))
+            if pod is None:
+                raise _Failure(404, f'pods "{m["name"]}" not found', "NotFound", name=m["name"], kind="pods")
+            return 200, pod
         if m := _SECRETS.fullmatch(path):
             if method == "GET":
                 items = [s for (ns, _), s in sorted(self.secrets.items()) if ns == m["ns"]]
