@@ -5,7 +5,7 @@ parsed template output cleared before every call - a pod unlike any seen before)
 as for the replicas of one Deployment). Baseline in the same run: `copy.deepcopy` + `json.dumps` of the pod, the
 floor for anything that copies and serialises it. "x/doubling" is the growth of cold time per doubling of size.
 
-    .venv/bin/python bench/inject_pod.py [--repeat N] [--template sidecar|envoy]
+    .venv/bin/python -m bench.inject_pod [--repeat N] [--template sidecar|envoy]
 """
 
 from __future__ import annotations

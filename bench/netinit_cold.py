@@ -6,7 +6,7 @@ the `netinit` console script of a regular (non-editable) wheel install in a thro
 for 1000 excluded CIDRs + 100 excluded ports, both iptables backends, both appliers, and native nftables
 (`--native-nftables` vs raw `nft -f` of the same script). Prints p50/p90 in milliseconds.
 
-    sudo .venv/bin/python bench/netinit_cold.py [--runs 30]
+    sudo .venv/bin/python -m bench.netinit_cold [--runs 30]
 """
 
 from __future__ import annotations

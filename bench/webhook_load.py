@@ -4,7 +4,7 @@ Starts `sidecar-injector serve` and bench/echo_server.py with the same certifica
 (POST of a realistic AdmissionReview: a Deployment-created pod with probes and 10 env vars, 1 or 3 containers)
 at several concurrencies. Server pinned to CPU 0, wrk to CPU 1 (this machine has 2 cores), one wrk thread.
 
-    .venv/bin/python bench/webhook_load.py [--duration 10] [--connections 1,16,64] [--containers 1,3]
+    .venv/bin/python -m bench.webhook_load [--duration 10] [--connections 1,16,64] [--containers 1,3]
 
 Needs `wrk` (Debian package `wrk`; installed when missing and running as root).
 """

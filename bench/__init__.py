@@ -1,0 +1,1 @@
+"""Benchmarks with in-run baselines: run each as `python -m bench.NAME` from the repository root."""
