@@ -127,6 +127,7 @@ class Settings:
     native_sidecar: bool | None
     rewrite_probes: bool | None
     log_level: str
+    envoy_log_level: str  # the envoy template's: the annotation, else values global.envoy.logLevel
     component_log_level: str
     agent_log_level: str
     user_volumes: Mapping[str, Any]
@@ -287,6 +288,11 @@ def _proxy_config(name: str, value: str) -> dict[str, Any]:
         raise AnnotationError(name, value, "holdApplicationUntilProxyStarts must be true or false")
     if "interceptionMode" in doc and doc["interceptionMode"] not in INTERCEPTION_MODES:
         raise AnnotationError(name, value, f"interceptionMode must be one of {', '.join(INTERCEPTION_MODES)}")
+    concurrency = doc.get("concurrency")
+    if concurrency is not None and (
+        not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 0
+    ):
+        raise AnnotationError(name, value, "concurrency must be an integer >= 0 (0: one worker per host core)")
     meta = doc.get("proxyMetadata", {})
     if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
         raise AnnotationError(name, value, "proxyMetadata must map strings to strings (quote numbers)")
@@ -374,6 +380,7 @@ def read_settings(annotations: Mapping[str, str], values: Mapping[str, Any]) -> 
         native_sidecar=get(NATIVE_SIDECAR, _exact_bool, None),
         rewrite_probes=get(REWRITE_PROBES, _bool, None),
         log_level=get(LOG_LEVEL, log_level, proxy["logLevel"]),
+        envoy_log_level=get(LOG_LEVEL, log_level, g["envoy"]["logLevel"]),
         component_log_level=get(COMPONENT_LOG_LEVEL, _component_levels, proxy["componentLogLevel"]),
         agent_log_level=get(AGENT_LOG_LEVEL, _agent_levels, g["logging"]["level"]),
         user_volumes=get(USER_VOLUME, lambda n, v: _json_objects(n, v, None), {}),

@@ -19,7 +19,7 @@ from injector.core import jsondiff, probes, prometheus
 from injector.core.annotations import Settings, read_settings
 from injector.core.config import InjectorConfig
 from injector.core.merge import clone, merge_into
-from injector.core.render import Rendered, network_of, render
+from injector.core.render import Rendered, network_of, render, revision_of
 from injector.core.request import (
     AUTO_IMAGE,
     CORE_DUMP,
@@ -244,7 +244,7 @@ def post_process(pod: Obj, template_pod: Obj, req: Request, s: Settings, r: Rend
     network = network_of(req, labels)
     if network:
         labels[NETWORK_LABEL] = network
-    ann[keys.STATUS] = injection_status(template_pod, req.revision)
+    ann[keys.STATUS] = injection_status(template_pod, revision_of(req))
     for k, v in req.config.injected_annotations.items():
         ann.pop(k, None)  # re-set at the end, so re-injection prints the same order
         ann[k] = v
