@@ -45,6 +45,7 @@ PROXY_MEMORY = "sidecar.istio.io/proxyMemory"
 PROXY_CPU_LIMIT = "sidecar.istio.io/proxyCPULimit"
 PROXY_MEMORY_LIMIT = "sidecar.istio.io/proxyMemoryLimit"
 NATIVE_SIDECAR = "sidecar.istio.io/nativeSidecar"
+CAP_NET_BIND_SERVICE = "sidecar.istio.io/capNetBindService"
 REWRITE_PROBES = "sidecar.istio.io/rewriteAppHTTPProbers"
 LOG_LEVEL = "sidecar.istio.io/logLevel"
 COMPONENT_LOG_LEVEL = "sidecar.istio.io/componentLogLevel"
@@ -126,6 +127,7 @@ class Settings:
     native_sidecar: bool | None
     rewrite_probes: bool | None
     log_level: str
+    envoy_log_level: str  # the envoy template's: the annotation, else values global.envoy.logLevel
     component_log_level: str
     agent_log_level: str
     user_volumes: Mapping[str, Any]
@@ -138,6 +140,7 @@ class Settings:
     proxy_config: Mapping[str, Any]
     hold_application: bool
     prometheus_merge: bool
+    cap_net_bind_service: bool
 
 
 # --- validators: each takes (name, value) and returns the parsed value or raises AnnotationError -----------------
@@ -285,6 +288,11 @@ def _proxy_config(name: str, value: str) -> dict[str, Any]:
         raise AnnotationError(name, value, "holdApplicationUntilProxyStarts must be true or false")
     if "interceptionMode" in doc and doc["interceptionMode"] not in INTERCEPTION_MODES:
         raise AnnotationError(name, value, f"interceptionMode must be one of {', '.join(INTERCEPTION_MODES)}")
+    concurrency = doc.get("concurrency")
+    if concurrency is not None and (
+        not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 0
+    ):
+        raise AnnotationError(name, value, "concurrency must be an integer >= 0 (0: one worker per host core)")
     meta = doc.get("proxyMetadata", {})
     if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
         raise AnnotationError(name, value, "proxyMetadata must map strings to strings (quote numbers)")
@@ -345,6 +353,10 @@ def read_settings(annotations: Mapping[str, str], values: Mapping[str, Any]) -> 
         r = proxy.get("resources") or {}
         resources = Resources(dict(r.get("requests") or {}), dict(r.get("limits") or {}))
     kubevirt = get(KUBEVIRT_INTERFACES, _interfaces, "")
+
+    def log_level(n: str, v: str) -> str:
+        return _choice(n, _single_line(n, v), ENVOY_LOG_LEVELS)
+
     return Settings(
         templates=get(TEMPLATES, _template_names, None),
         interception_mode=mode,
@@ -367,7 +379,8 @@ def read_settings(annotations: Mapping[str, str], values: Mapping[str, Any]) -> 
         resources=resources,
         native_sidecar=get(NATIVE_SIDECAR, _exact_bool, None),
         rewrite_probes=get(REWRITE_PROBES, _bool, None),
-        log_level=get(LOG_LEVEL, lambda n, v: _choice(n, _single_line(n, v), ENVOY_LOG_LEVELS), proxy["logLevel"]),
+        log_level=get(LOG_LEVEL, log_level, proxy["logLevel"]),
+        envoy_log_level=get(LOG_LEVEL, log_level, g["envoy"]["logLevel"]),
         component_log_level=get(COMPONENT_LOG_LEVEL, _component_levels, proxy["componentLogLevel"]),
         agent_log_level=get(AGENT_LOG_LEVEL, _agent_levels, g["logging"]["level"]),
         user_volumes=get(USER_VOLUME, lambda n, v: _json_objects(n, v, None), {}),
@@ -385,6 +398,7 @@ def read_settings(annotations: Mapping[str, str], values: Mapping[str, Any]) -> 
         hold_application=bool(proxy_config.get("holdApplicationUntilProxyStarts"))
         or bool(proxy.get("holdApplicationUntilProxyStarts")),
         prometheus_merge=get(PROMETHEUS_MERGE, _bool, bool(values["meshConfig"].get("enablePrometheusMerge", True))),
+        cap_net_bind_service=get(CAP_NET_BIND_SERVICE, _exact_bool, bool(proxy.get("capNetBindService"))),
     )
 
 

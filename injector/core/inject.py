@@ -19,7 +19,7 @@ from injector.core import jsondiff, probes, prometheus
 from injector.core.annotations import Settings, read_settings
 from injector.core.config import InjectorConfig
 from injector.core.merge import clone, merge_into
-from injector.core.render import Rendered, network_of, render
+from injector.core.render import Rendered, network_of, render, revision_of
 from injector.core.request import (
     AUTO_IMAGE,
     CORE_DUMP,
@@ -107,12 +107,31 @@ def check_config(config: InjectorConfig) -> InjectorConfig:
 # --- steps ----------------------------------------------------------------------------------------------------
 
 
+# Istio's other injection templates (and SPIRE's well-known user template), refused by name with the reason unless
+# the config defines a template of that name. docs/annotations.md ("Templates") says the same.
+UNSUPPORTED_ISTIO_TEMPLATES = {
+    "gateway": "it turns the pod into an Istio gateway (pilot-agent 'router' mode configured by istiod); deploy "
+    "gateways with Istio's gateway chart or the Gateway API instead",
+    "grpc-agent": "proxyless gRPC needs istiod's gRPC xDS generator and changes the app containers' env; there is "
+    "no Envoy to inject",
+    "grpc-simple": "proxyless gRPC needs istiod's gRPC xDS generator and changes the app containers' env; there is "
+    "no Envoy to inject",
+    "spire": "Istio ships no such template; add your SPIRE overlay (the workload-socket volume on the "
+    "csi.spiffe.io driver) under config.yaml templates and list it after sidecar",
+}
+
+
 def select_templates(config: InjectorConfig, settings: Settings) -> list[str]:
     wanted = list(settings.templates) if settings.templates is not None else list(config.default_templates)
     names = config.resolve_templates(wanted)
     for n in names:
         if n not in config.templates or n.startswith("_"):
             known = ", ".join(sorted(t for t in config.templates if not t.startswith("_")))
+            if n in UNSUPPORTED_ISTIO_TEMPLATES:
+                raise TemplateError(
+                    f"requested template {n!r} is one of Istio's templates and is not supported here: "
+                    f"{UNSUPPORTED_ISTIO_TEMPLATES[n]}; supported templates: {known}"
+                )
             raise TemplateError(f"requested template {n!r} not found; have {known}")
     return names
 
@@ -225,7 +244,7 @@ def post_process(pod: Obj, template_pod: Obj, req: Request, s: Settings, r: Rend
     network = network_of(req, labels)
     if network:
         labels[NETWORK_LABEL] = network
-    ann[keys.STATUS] = injection_status(template_pod, req.revision)
+    ann[keys.STATUS] = injection_status(template_pod, revision_of(req))
     for k, v in req.config.injected_annotations.items():
         ann.pop(k, None)  # re-set at the end, so re-injection prints the same order
         ann[k] = v

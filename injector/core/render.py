@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import jinja2
@@ -94,7 +96,7 @@ def template_context(req: Request, pod: Obj, s: Settings, native: bool, proxy_ui
         "values": values,
         "s": s,
         "proxy_config": s.proxy_config,
-        "revision": req.revision,
+        "revision": revision_of(req),
         "native": native,
         "workload": workload,
         "proxy_uid": proxy_uid,
@@ -108,7 +110,51 @@ def template_context(req: Request, pod: Obj, s: Settings, native: bool, proxy_ui
         "canonical_revision": revision,
         "cluster_id": req.proxy_env.get(CLUSTER_ENV) or g["multiCluster"]["clusterName"] or "Kubernetes",
         "network": network_of(req, labels),
+        "concurrency": envoy_concurrency(s, _user_proxy_cpu_limit(pod)),
     }
+
+
+# What pilot-agent gives Envoy when ProxyConfig says nothing and the CPU limit is unknown (Istio's default).
+DEFAULT_CONCURRENCY = 2
+_SUFFIX = {"m": Decimal("0.001"), "": Decimal(1), "k": Decimal(10) ** 3, "M": Decimal(10) ** 6}
+_SUFFIX |= {"G": Decimal(10) ** 9, "T": Decimal(10) ** 12, "P": Decimal(10) ** 15, "E": Decimal(10) ** 18}
+_SUFFIX |= {s + "i": Decimal(2) ** (10 * n) for n, s in enumerate("KMGTPE", start=1)}
+_CPU = re.compile(r"^\+?((?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+
+
+def cpu_cores(quantity: object) -> Decimal | None:
+    """A Kubernetes CPU quantity ("1500m", "2", 0.5, "1e3m") in cores; None when it is not one."""
+    m = _CPU.match(str(quantity).strip())
+    if not m:
+        return None
+    try:
+        return Decimal(m.group(1)) * _SUFFIX[m.group(2) or ""]
+    except InvalidOperation:
+        return None
+
+
+def envoy_concurrency(s: Settings, cpu_limit: object = None) -> int | None:
+    """Envoy's --concurrency as Istio's agent picks it: ProxyConfig ``concurrency`` when set (0: no flag, Envoy's
+    own default of one worker per host core), else the proxy's CPU limit rounded up to whole cores (at least 1),
+    as the agent reads it from ISTIO_CPU_LIMIT, else 2. ``cpu_limit`` is the user's own istio-proxy limit,
+    which wins over the annotations and values like the rest of their container."""
+    configured = s.proxy_config.get("concurrency")
+    if configured is not None:
+        return int(configured) or None
+    for limit in (cpu_limit, s.resources.limits.get("cpu")):
+        cores = cpu_cores(limit) if limit is not None else None
+        if cores is not None:
+            return max(1, math.ceil(cores))
+    return DEFAULT_CONCURRENCY
+
+
+def _user_proxy_cpu_limit(pod: Mapping[str, Any]) -> object:
+    spec = pod.get("spec") or {}
+    for c in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
+        if c.get("name") == PROXY:
+            limits = (c.get("resources") or {}).get("limits") or {}
+            return limits.get("cpu") if isinstance(limits, Mapping) else None
+    return None
 
 
 def _refuse(message: str) -> str:
@@ -184,6 +230,11 @@ def workload_of(pod: Mapping[str, Any], namespace: str) -> Workload:
 def _image(image: str, g: Mapping[str, Any]) -> str:
     """Istio's rule: a value with "/" is a full reference, otherwise hub/<value>:tag."""
     return image if "/" in image else f"{g['hub']}/{image}:{g['tag']}"
+
+
+def revision_of(req: Request) -> str:
+    """The control-plane revision: the webhook's/kube-inject's --revision, else values ``revision``."""
+    return str(req.revision or req.config.values.get("revision") or "")
 
 
 def network_of(req: Request, labels: Mapping[str, str]) -> str:

@@ -10,6 +10,10 @@ from injector.core.config import InjectorConfig
 
 Obj = dict[str, Any]
 
+# The Istio release whose injection template (manifests/charts/istio-control/istio-discovery/files/
+# injection-template.yaml) the `sidecar` template follows, and whose proxyv2 image values.yaml's global.tag names.
+ISTIO_RELEASE = "1.28.0"
+
 PROXY = "istio-proxy"
 INIT = "istio-init"
 VALIDATION = "istio-validation"

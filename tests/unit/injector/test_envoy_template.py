@@ -36,8 +36,10 @@ def proxy_command(annotations: dict[str, str], native: str = "false") -> list[st
         {},
         {"sidecar.istio.io/logLevel": "debug", "sidecar.istio.io/componentLogLevel": "upstream:trace,http:debug"},
         {"sidecar.istio.io/logLevel": "warning", "sidecar.istio.io/componentLogLevel": "misc:error"},
+        {"proxy.istio.io/config": "concurrency: 3"},
+        {"sidecar.istio.io/proxyCPULimit": "1500m"},
     ],
-    ids=["defaults", "debug-levels", "istio-default-levels"],
+    ids=["defaults", "debug-levels", "istio-default-levels", "concurrency", "cpu-limit-concurrency"],
 )
 @pytest.mark.parametrize("native", ["false", "true"])
 def test_injected_envoy_command_line_validates(annotations: dict[str, str], native: str) -> None:

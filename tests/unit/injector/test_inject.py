@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import jsonpatch
@@ -18,6 +19,7 @@ from injector.core.request import Request, Workload
 from injector.errors import AnnotationError, Refused, TemplateError
 
 CFG = load_config()
+DOC_ANNOTATIONS = (Path(__file__).resolve().parents[3] / "docs" / "annotations.md").read_text()
 
 
 def pod(annotations: dict[str, str] | None = None, **extra: Any) -> dict[str, Any]:
@@ -121,6 +123,33 @@ def test_interception_annotation_beats_proxy_config() -> None:
 def test_unknown_template_lists_known_ones() -> None:
     with pytest.raises(TemplateError, match=r"'nope' not found; have envoy, sidecar"):
         run(pod({keys.TEMPLATES: "sidecar,nope"}))
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("gateway", "gateway chart or the Gateway API"),
+        ("grpc-agent", "proxyless gRPC"),
+        ("grpc-simple", "proxyless gRPC"),
+        ("spire", "csi.spiffe.io"),
+    ],
+)
+def test_istios_other_templates_are_refused_with_the_reason_and_the_supported_ones(name: str, why: str) -> None:
+    with pytest.raises(TemplateError) as e:
+        run(pod({keys.TEMPLATES: f"sidecar,{name}"}))
+    message = str(e.value)
+    assert f"requested template {name!r} is one of Istio's templates and is not supported here: " in message
+    assert why in message
+    assert message.endswith("; supported templates: envoy, sidecar")
+    assert f"`{name}`" in DOC_ANNOTATIONS  # docs/annotations.md says so too
+
+
+def test_a_configured_template_may_take_an_istio_name() -> None:
+    spire = "spec:\n  volumes:\n  - {name: workload-socket, csi: {driver: csi.spiffe.io, readOnly: true}}\n"
+    cfg = replace(CFG, templates={**CFG.templates, "spire": spire})
+    r = run(pod({keys.TEMPLATES: "sidecar,spire"}), config=cfg)
+    socket = next(v for v in r.pod["spec"]["volumes"] if v["name"] == "workload-socket")
+    assert socket["csi"] == {"driver": "csi.spiffe.io", "readOnly": True}
 
 
 def test_partials_are_not_selectable() -> None:
