@@ -26,7 +26,7 @@ TRICKY = [
     "5e10", "123e4", "1e3", "1E3", "1.5e3", "-1e-3", "0o644", "0O17", "0x1F", "0b1010", "1_000", "0644", "007",
     "+1", "-0", "1.", ".5", "-.5", "+.5", "1:20", "190:20:30", "1:20.5", "yes", "No", "ON", "off", "y", "N",
     "true", "False", "~", "null", "Null", "NULL", ".inf", "-.Inf", ".NaN", "2024-01-01", "2001-12-14t21:59:43.10-05:00",
-    "2024-1-1", "=", "<<", "+__2E06", "1_0e1_0", "0b_", "0x_",
+    "2024-1-1", "=", "<<", "+__2E06", "1_0e1_0", "0b_", "0x_", ".3_",
     "1.2.3", "10.0.0.1", "::1", "0.0", "00", "1e", "e1", "0x", "-", "1-2", "v1.0", "abc",
 ]  # fmt: skip
 
@@ -37,7 +37,18 @@ class _GoOutputLoader(manifest_yaml.ManifestLoader):
     merge key ``<<``, which manifests may use); numbers and bools are still read as such, so a string Go turned
     into a number shows up as a mismatch."""
 
+    # kustomize writes with Go's yaml.v3, whose resolver (YAML 1.2) reads no number with an "_" in it: such a
+    # plain scalar in its output is a string (kubectl's yaml.v2 would read it as a number, which is why we
+    # quote them; the output here is kustomize's own).
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> Any:
+        return self.construct_scalar(node) if "_" in node.value else super().construct_yaml_int(node)
 
+    def construct_yaml_float(self, node: yaml.ScalarNode) -> Any:
+        return self.construct_scalar(node) if "_" in node.value else super().construct_yaml_float(node)
+
+
+_GoOutputLoader.add_constructor("tag:yaml.org,2002:int", _GoOutputLoader.construct_yaml_int)
+_GoOutputLoader.add_constructor("tag:yaml.org,2002:float", _GoOutputLoader.construct_yaml_float)
 _GoOutputLoader.yaml_implicit_resolvers = {
     k: [(t, rx) for t, rx in v if t != "tag:yaml.org,2002:merge"]
     for k, v in manifest_yaml.ManifestLoader.yaml_implicit_resolvers.items()
