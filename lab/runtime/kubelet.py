@@ -45,7 +45,7 @@ from typing import Any
 from lab import podspec, traffic
 from lab.runtime import podman, probes, translate
 from lab.runtime.translate import Unhonourable
-from lab.runtime.volumes import PodVolumes, make_volumes
+from lab.runtime.volumes import PodVolumes, make_volumes, validate_volumes
 from lab.shell import LabError
 
 INIT_CONTAINER = "istio-init"
@@ -218,7 +218,8 @@ class PodmanPod:
         self.init_results.setdefault(c.spec["name"], []).append(res)
         if res.returncode != 0:
             raise LabError(
-                f"init container {c.spec['name']!r} ({c.index}) exited {res.returncode}; the pod stops here "
+                f"pod {self.name}: init container {c.spec['name']!r} ({c.index}) exited {res.returncode}; the pod "
+                "stops here "
                 f"(Init:Error). Its logs:\n{(res.stdout + res.stderr)[-3000:]}"
             )
         last = (res.stdout + res.stderr).strip().splitlines()[-1:] or [""]
@@ -319,6 +320,7 @@ def check(
     pod: Mapping[str, Any], node: podspec.Node, config_maps: Mapping[str, Any], secrets_: Mapping[str, Any]
 ) -> None:
     """Everything that can be refused before anything is created (images, security contexts, env, probes)."""
+    validate_volumes(pod)
     for c in _containers(pod, "check").values():
         image = c.spec.get("image")
         if not image:

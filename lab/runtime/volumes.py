@@ -156,6 +156,39 @@ def _write(directory: Path, files: Mapping[str, str], mode: int, group: int | No
     directory.chmod(0o755)
 
 
+def _kind(volume: Mapping[str, Any]) -> str:
+    kinds = [k for k in volume if k != "name"]
+    return kinds[0] if kinds else "?"
+
+
+def validate_volumes(pod: Mapping[str, Any]) -> None:
+    """Refuse, before anything is made, a volume type the lab cannot make and a mount of no volume."""
+    spec = pod.get("spec") or {}
+    users: dict[str, list[str]] = {}
+    for c in podspec.all_containers(pod):
+        for m in c.get("volumeMounts") or []:
+            users.setdefault(str(m.get("name")), []).append(str(c.get("name")))
+    names = set()
+    for i, volume in enumerate(spec.get("volumes") or []):
+        name = str(volume["name"])
+        names.add(name)
+        kind = _kind(volume)
+        if kind not in SUPPORTED:
+            by = ", ".join(users.get(name, [])) or "no container"
+            raise Unhonourable(
+                f"pod {pod.get('metadata', {}).get('name')!r}: spec.volumes[{i}] ({name}): volume type {kind!r} is "
+                f"not supported by the runtime lab (mounted by {by}); supported: {', '.join(SUPPORTED)}"
+            )
+    for kind in ("initContainers", "containers"):
+        for j, c in enumerate(spec.get(kind) or []):
+            for i, m in enumerate(c.get("volumeMounts") or []):
+                if str(m.get("name")) not in names:
+                    raise Unhonourable(
+                        f"container {c.get('name')!r} (spec.{kind}[{j}].volumeMounts[{i}]): volume "
+                        f"{m.get('name')!r} is not in spec.volumes"
+                    )
+
+
 def make_volumes(
     pod: Mapping[str, Any],
     root: Path,
@@ -170,22 +203,12 @@ def make_volumes(
     spec = pod.get("spec") or {}
     group = (spec.get("securityContext") or {}).get("fsGroup")
     group = None if group is None else int(group)
-    users: dict[str, list[str]] = {}
-    for c in podspec.all_containers(pod):
-        for m in c.get("volumeMounts") or []:
-            users.setdefault(str(m.get("name")), []).append(str(c.get("name")))
+    validate_volumes(pod)
     try:
         for i, volume in enumerate(spec.get("volumes") or []):
             name = str(volume["name"])
             where = f"pod {pod.get('metadata', {}).get('name')!r}: spec.volumes[{i}] ({name})"
-            kinds = [k for k in volume if k != "name"]
-            kind = kinds[0] if kinds else "?"
-            if kind not in SUPPORTED:
-                by = ", ".join(users.get(name, [])) or "no container"
-                raise Unhonourable(
-                    f"{where}: volume type {kind!r} is not supported by the runtime lab (mounted by {by}); "
-                    f"supported: {', '.join(SUPPORTED)}"
-                )
+            kind = _kind(volume)
             path = root / name
             path.mkdir(parents=True)
             out.paths[name] = path

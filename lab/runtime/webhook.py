@@ -84,6 +84,10 @@ class WebhookContainer(WebhookProcess):
         self._stack = contextlib.ExitStack()
         self.pod: kubelet.PodmanPod | None = None
 
+    def __enter__(self) -> WebhookContainer:
+        super().__enter__()
+        return self
+
     def start(self) -> None:
         import tempfile
 
