@@ -61,15 +61,19 @@ class _Server(http.server.ThreadingHTTPServer):
         socketserver.TCPServer.server_bind(self)
 
 
-def make_server(name: str, host: str, port: int) -> http.server.ThreadingHTTPServer:
-    handler = type("Handler", (_Handler,), {"name": name})
+def _quiet(self: Any, format: str, *args: Any) -> None:
+    pass
+
+
+def make_server(name: str, host: str, port: int, *, quiet: bool = False) -> http.server.ThreadingHTTPServer:
+    handler = type("Handler", (_Handler,), {"name": name, **({"log_message": _quiet} if quiet else {})})
     return _Server((host, port), handler)
 
 
 def serve_in_thread(name: str, host: str, port: int) -> http.server.ThreadingHTTPServer:
     """An echo server on ``host:port`` in a daemon thread of this process; ``shutdown()`` and
     ``server_close()`` it."""
-    srv = make_server(name, host, port)
+    srv = make_server(name, host, port, quiet=True)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     return srv
 
