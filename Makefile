@@ -1,13 +1,17 @@
 # The two commands of README.md: `make demo` and `make test`. Each bootstraps what it needs.
 PY := .venv/bin/python
 
-.PHONY: bootstrap demo test lint typecheck images
+.PHONY: bootstrap demo demo-runtime test lint typecheck images
 
 bootstrap:
 	@scripts/bootstrap.sh
 
 demo: bootstrap
 	$(PY) -m lab.demo
+
+# The same walk-through with the shipped images as real containers (podman); also DEMO_RUNTIME=podman make demo.
+demo-runtime: bootstrap
+	$(PY) -m lab.demo --runtime podman
 
 lint: bootstrap
 	$(PY) -m ruff check netinit injector lab tests bench

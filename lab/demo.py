@@ -8,6 +8,7 @@ or Ctrl-C.
 
     python -m lab.demo                 # iptables-legacy
     python -m lab.demo --iptables nft  # or DEMO_IPTABLES=nft
+    python -m lab.demo --runtime podman  # or DEMO_RUNTIME=podman: real containers (lab.runtime.demo)
 """
 
 from __future__ import annotations
@@ -343,12 +344,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=os.environ.get("DEMO_IPTABLES", "legacy"),
         help="iptables backend for the pod (default: legacy, or env DEMO_IPTABLES)",
     )
+    p.add_argument(
+        "--runtime",
+        choices=("podlab", "podman"),
+        default=os.environ.get("DEMO_RUNTIME", "podlab"),
+        help="podlab: processes in network namespaces (default); podman: the shipped images as real containers "
+        "(env DEMO_RUNTIME)",
+    )
     args = p.parse_args(argv)
     if args.iptables not in podlab.FLAVORS:
         p.error(f"DEMO_IPTABLES must be legacy or nft, got {args.iptables!r}")
+    if args.runtime not in ("podlab", "podman"):
+        p.error(f"DEMO_RUNTIME must be podlab or podman, got {args.runtime!r}")
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     try:
+        if args.runtime == "podman":
+            from lab.runtime import demo as runtime_demo
+
+            return runtime_demo.run(args.iptables)
         return run(args.iptables)
     except shell.LabError as e:
         print(f"\n    [FAILED] {e}", file=sys.stderr)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import os
-import re
 import secrets
 import shutil
 import subprocess
@@ -32,7 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from lab import podspec
 from lab.netlab import normalize_save
+from lab.podspec import all_containers as all_containers
+from lab.podspec import expand as expand
 from lab.shell import LabError, console_script, envoy_binary, sh, stop_process
 from lab.traffic import HttpResult, http_get, parse_stats, start_echo
 
@@ -46,77 +48,16 @@ DEFAULT_APP_PORT = 8080
 DEFAULT_APP_UID = 1000
 ADMIN_PORT = 15000  # Envoy's admin API, bound to 127.0.0.1 inside the pod
 SUBNET = "10.89.0"  # pod .2, client (the "node") .1; only inside our namespaces
+NODE = podspec.Node(name="podlab", ip=f"{SUBNET}.1")
 PATH_ENV = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 Progress = Callable[[str], None]
 
 
-def expand(text: str, env: Mapping[str, str]) -> str:
-    """Kubernetes' ``$(VAR)`` expansion (command, args, env values): ``$$`` is a literal ``$``, an unknown
-    ``$(VAR)`` stays as written."""
-    out: list[str] = []
-    i = 0
-    while i < len(text):
-        c = text[i]
-        if c == "$" and i + 1 < len(text):
-            nxt = text[i + 1]
-            if nxt == "$":
-                out.append("$")
-                i += 2
-                continue
-            if nxt == "(":
-                end = text.find(")", i + 2)
-                if end != -1:
-                    name = text[i + 2 : end]
-                    out.append(env[name] if name in env else text[i : end + 1])
-                    i = end + 1
-                    continue
-        out.append(c)
-        i += 1
-    return "".join(out)
-
-
 def _container_env(container: Mapping[str, Any], pod: Mapping[str, Any], pod_ip: str) -> dict[str, str]:
-    """A container's environment as the kubelet builds it (literal values with ``$(VAR)`` expansion against
-    the variables defined before them, fieldRefs resolved)."""
-    meta = pod.get("metadata") or {}
-    spec = pod.get("spec") or {}
-    fields = {
-        "metadata.name": str(meta.get("name", "")),
-        "metadata.namespace": str(meta.get("namespace", "default")),
-        "metadata.uid": str(meta.get("uid", "")),
-        "spec.nodeName": "podlab",
-        "spec.serviceAccountName": str(spec.get("serviceAccountName", "default")),
-        "status.podIP": pod_ip,
-        "status.podIPs": pod_ip,
-        "status.hostIP": f"{SUBNET}.1",
-        "status.hostIPs": f"{SUBNET}.1",
-    }
-    env: dict[str, str] = {}
-    for var in container.get("env") or []:
-        name = str(var["name"])
-        if "value" in var or "valueFrom" not in var:
-            env[name] = expand(str(var.get("value", "")), env)
-            continue
-        source = var["valueFrom"]
-        if "fieldRef" in source:
-            path = str(source["fieldRef"]["fieldPath"])
-            m = re.fullmatch(r"metadata\.(labels|annotations)\['(.+)'\]", path)
-            if m:
-                env[name] = str((meta.get(m.group(1)) or {}).get(m.group(2), ""))
-            elif path in fields:
-                env[name] = fields[path]
-            else:
-                raise LabError(f"container {container['name']}: env {name}: fieldRef {path} is not simulated")
-        elif "resourceFieldRef" in source:
-            env[name] = "0"  # no cgroup limits here; the kubelet would put the limit (or node capacity) here
-        else:
-            kind = next(iter(source), "?")
-            raise LabError(
-                f"container {container['name']}: env {name} comes from a {kind}; a sidecar that depends on "
-                "ConfigMaps or Secrets cannot run here"
-            )
-    return env
+    """A container's environment as the kubelet builds it (:func:`lab.podspec.container_env`; the node is the
+    client namespace's end of the veth)."""
+    return podspec.container_env(container, pod, pod_ip, NODE)
 
 
 def process_ids(pid: int) -> tuple[int, int]:
@@ -126,11 +67,7 @@ def process_ids(pid: int) -> tuple[int, int]:
 
 
 def _run_as(container: Mapping[str, Any], pod: Mapping[str, Any], default_uid: int) -> tuple[int, int]:
-    ctx = container.get("securityContext") or {}
-    pod_ctx = (pod.get("spec") or {}).get("securityContext") or {}
-    uid = ctx.get("runAsUser", pod_ctx.get("runAsUser", default_uid))
-    gid = ctx.get("runAsGroup", pod_ctx.get("runAsGroup", uid))
-    return int(uid), int(gid)
+    return podspec.run_as(container, pod, default_uid)
 
 
 def _first_port(container: Mapping[str, Any]) -> int:
@@ -273,12 +210,6 @@ def _body(res: HttpResult, what: str) -> str:
     return res.body
 
 
-def all_containers(pod: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """Init containers, then containers."""
-    spec = pod.get("spec") or {}
-    return [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
-
-
 def _run_netinit(container: Mapping[str, Any], pod: RunningPod) -> subprocess.CompletedProcess[str]:
     """``istio-init`` as its image runs it: our netinit with the container's args verbatim, as root, plus the
     namespace to act on and the backend of this run."""
@@ -294,10 +225,9 @@ def _run_netinit(container: Mapping[str, Any], pod: RunningPod) -> subprocess.Co
 def _probe(pod: RunningPod, container: Mapping[str, Any], probe: Mapping[str, Any]) -> bool:
     """One probe attempt, from the node (the client namespace) as the kubelet does; the host defaults to the
     pod IP."""
-    ports = {str(p.get("name")): int(p["containerPort"]) for p in container.get("ports") or [] if p.get("name")}
 
     def port_of(raw: Any) -> int:
-        return ports[str(raw)] if str(raw) in ports else int(raw)
+        return podspec.probe_port(container, raw)
 
     if "httpGet" in probe:
         get = probe["httpGet"]

@@ -24,11 +24,13 @@ from lab.shell import LabError, console_script, free_port, stop_process
 
 
 class _ServiceConnection(http.client.HTTPSConnection):
-    """Dials 127.0.0.1 but verifies the certificate for ``server_name``: the API server calls the webhook's
-    Service as ``<service>.<namespace>.svc`` and trusts only the caBundle."""
+    """Dials 127.0.0.1 (or ``host``) but verifies the certificate for ``server_name``: the API server calls the
+    webhook's Service as ``<service>.<namespace>.svc`` and trusts only the caBundle."""
 
-    def __init__(self, port: int, context: ssl.SSLContext, server_name: str, timeout: float) -> None:
-        super().__init__("127.0.0.1", port, context=context, timeout=timeout)
+    def __init__(
+        self, port: int, context: ssl.SSLContext, server_name: str, timeout: float, host: str = "127.0.0.1"
+    ) -> None:
+        super().__init__(host, port, context=context, timeout=timeout)
         self._tls = context
         self._server_name = server_name
 
@@ -68,6 +70,7 @@ class WebhookProcess:
         self.certificate = certificate
         self.start_timeout = start_timeout
         self.port = 0
+        self.host = "127.0.0.1"  # where the server listens (a container's IP for lab.runtime.webhook)
         self.workdir = workdir or Path()
         self._own_workdir = workdir is None
         self.ca: Any = None  # injector.certs.crypto.KeyPair once started
@@ -223,7 +226,7 @@ class WebhookProcess:
 
     def _connection(self, timeout: float) -> _ServiceConnection:
         assert self._ctx is not None
-        return _ServiceConnection(self.port, self._ctx, self.server_name, timeout)
+        return _ServiceConnection(self.port, self._ctx, self.server_name, timeout, self.host)
 
     def close(self) -> None:
         if self._conn is not None:

@@ -1,0 +1,46 @@
+"""The app image of the runtime lab: ``localhost/sidecar-injector-lab-echo:<hash>``.
+
+Why a tiny image of its own rather than ``python`` out of the injector image with a script on its command line:
+
+- the pods then look like real workloads: the app's process comes from its image's ENTRYPOINT and its user from
+  the image's ``USER 1000:1000``, so the kubelet's rules for an unset ``command`` or ``runAsUser`` (and
+  ``runAsNonRoot`` checked against the image's USER) are exercised, and nothing in a pod spec is lab-specific;
+- the app shares nothing with the webhook under test (no injector code or dependencies in the app container);
+- it costs one ``COPY`` layer over the base the three shipped images are already built on (the pinned python
+  image, or the mmdebstrap stand-in): built in about a second, offline (``--network none``), once per content
+  hash, and cached by the engine like the other images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from pathlib import Path
+
+from lab.runtime import podman
+
+ECHO_SOURCE = Path(__file__).with_name("echo_app.py")
+APP_UID = 1000
+
+CONTAINERFILE = """\
+FROM {base}
+COPY echo.py /echo.py
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+USER {uid}:{uid}
+EXPOSE 8080
+ENTRYPOINT ["python3", "/echo.py"]
+"""
+
+
+def echo_image(base: str) -> str:
+    """Build (or find) the echo app image on ``base``; its name."""
+    text = CONTAINERFILE.format(base=base, uid=APP_UID)
+    digest = hashlib.sha256((text + ECHO_SOURCE.read_text()).encode()).hexdigest()[:12]
+    image = f"localhost/sidecar-injector-lab-echo:{digest}"
+    if podman.image_exists(image):
+        return image
+    with tempfile.TemporaryDirectory(prefix="lab-echo-") as d:
+        Path(d, "Containerfile").write_text(text)
+        Path(d, "echo.py").write_text(ECHO_SOURCE.read_text())
+        podman.cli("build", "--network", "none", "-q", "-f", f"{d}/Containerfile", "-t", image, d, timeout=300)
+    return image
