@@ -42,3 +42,14 @@ def find_executable(name: str) -> str | None:
         if os.path.isfile(path) and os.access(path, os.X_OK):
             return path
     return None
+
+
+SBIN_DIRS = ("/usr/sbin", "/sbin", "/usr/bin", "/bin")  # an init container's PATH may lack sbin
+
+
+def find_tool(name: str) -> str | None:
+    """``name`` on PATH, else in the usual system directories."""
+    found = find_executable(name)
+    if found:
+        return found
+    return next((p for p in (os.path.join(d, name) for d in SBIN_DIRS) if os.access(p, os.X_OK)), None)
