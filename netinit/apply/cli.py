@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from netinit.apply import netns
 from netinit.apply.engine import cleanup, render_restore
 from netinit.apply.facts import host_facts
-from netinit.apply.iptables import Applier, RestoreApplier, detect_backend
+from netinit.apply.iptables import Applier, Backend, RestoreApplier, detect_backend
 from netinit.apply.runner import Runner, find_tool
 from netinit.apply.steps import Step
 from netinit.core.config import CaptureConfig, RunOptions, resolve
@@ -112,17 +112,19 @@ def _act(
             from netinit.apply import nftables
 
             nft = nftables.NftApplier(runner, nftables.nft_binary())
+            before = _remove_iptables_capture(runner, opts.reconcile)
             _log(f"backend: native nftables via {nft.nft} -f; families: {families}")
             msg = nftables.apply_tables(
-                nft_tables, nft, reconcile=opts.reconcile, force=opts.force_apply, log=_log, after=after
+                nft_tables, nft, reconcile=opts.reconcile, force=opts.force_apply, log=_log, after=after, before=before
             )
         else:
             from netinit.apply.engine import apply_ruleset
 
             applier = make_applier(opts.applier, opts.force_iptables_binary, runner)
+            before = _remove_native_capture(runner, opts.reconcile)
             _log(f"backend: iptables-{applier.backend.flavor} via {applier.name}; families: {families}")
             msg = apply_ruleset(
-                ruleset, applier, reconcile=opts.reconcile, force=opts.force_apply, log=_log, after=after
+                ruleset, applier, reconcile=opts.reconcile, force=opts.force_apply, log=_log, after=after, before=before
             )
         _log(msg)
     if opts.run_validation:
@@ -152,4 +154,45 @@ def _post_apply_steps(cfg: CaptureConfig, runner: Runner) -> list[Step]:
     if cfg.mode == "TPROXY" and cfg.inbound_ports:
         netns.require_pyroute2()
         steps.append(netns.TproxyRoutes(cfg.tproxy_mark, cfg.tproxy_route_table, cfg.enable_ipv6).step())
+    return steps
+
+
+def _remove_native_capture(runner: Runner, reconcile: bool) -> list[Step]:
+    """Before an iptables apply: native nftables capture of ours is refused, or (``--reconcile``) removed."""
+    from netinit.apply import stacking
+
+    nft_path = find_tool("nft")
+    tables = stacking.native_tables(runner, nft_path)
+    if not tables:
+        return []
+    names = ", ".join(f"table inet {t}" for t in tables)
+    if not reconcile:
+        raise stacking.refuse(f"native nftables rules of ours ({names})", "netinit --native-nftables --cleanup-only")
+    from netinit.apply import nftables
+
+    nft = nftables.NftApplier(runner, nft_path or "nft")
+    _log(f"--reconcile: removing native nftables capture ({names}) in the same transaction")
+    return [nftables.removal_step(nft, nft.live(leftovers=True))]
+
+
+def _remove_iptables_capture(runner: Runner, reconcile: bool) -> list[Step]:
+    """Before a native nftables apply: iptables capture of ours is refused, or (``--reconcile``) removed."""
+    from netinit.apply import stacking
+
+    found = stacking.iptables_capture(runner)
+    if not found:
+        return []
+    names = ", ".join(f"iptables-{fl} IPv{fam}" for fl, fam in found)
+    if not reconcile:
+        flavors = sorted({fl for fl, _ in found})
+        how = " and ".join(f"netinit --cleanup-only --force-iptables-binary {fl}" for fl in flavors)
+        raise stacking.refuse(f"iptables rules of ours ({names})", how)
+    from netinit.apply.engine import cleanup_steps
+    from netinit.core.config import CaptureConfig as _Cfg
+
+    _log(f"--reconcile: removing iptables capture ({names}) in the same transaction")
+    full = plan(_Cfg(enable_ipv6=True))
+    steps: list[Step] = []
+    for flavor in sorted({fl for fl, _ in found}):
+        steps += cleanup_steps(full, RestoreApplier(Backend(flavor), runner))[0]
     return steps

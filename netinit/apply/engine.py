@@ -198,9 +198,9 @@ def cleanup(ruleset: RuleSet, applier: Applier, log: Log) -> str:
     if left:
         log(
             f"left {len(left)} rule{'s' * (len(left) != 1)} in built-in chains that look like netinit's but are "
-            "not what the given flags write (a CNI may write the same rules, so only exact matches are removed): "
-            + "; ".join(left)
-            + ". If netinit wrote them, re-run --cleanup-only with the flags of the original run "
+            "not what the given flags write (a CNI may write the same rules, so only exact matches are removed):\n  "
+            + "\n  ".join(left)
+            + "\nIf netinit wrote them, re-run --cleanup-only with the flags of the original run "
             "(or delete each with iptables -t TABLE -D CHAIN RULE)"
         )
     if not steps:

@@ -54,7 +54,7 @@ def snapshot(ns: str) -> dict[str, str]:
         "legacy6": ["ip6tables-legacy-save"],
         "nft4": ["iptables-nft-save"],
         "nft6": ["ip6tables-nft-save"],
-        "nft": ["nft", "list", "ruleset"],
+        "nft": ["nft", "list", "ruleset", "inet"],  # ip/ip6 tables: via iptables-nft-save
         "rule4": ["ip", "-4", "rule"],
         "rule6": ["ip", "-6", "rule"],
         "route4": ["ip", "-4", "route", "show", "table", "all"],
