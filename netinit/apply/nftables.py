@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 
-from netinit.apply.runner import Runner, find_executable
+from netinit.apply.runner import Runner, denied, find_executable, privilege_message
 from netinit.apply.steps import Step, run_steps
 from netinit.errors import ApplyError, BackendError, DriftError, NetinitError
 from netinit.rules import nft
@@ -46,6 +46,10 @@ class NftApplier:
         """Our tables that exist, as listed (other inet tables are ignored); with ``leftovers`` also temporary
         check tables an interrupted run left behind."""
         res = self.runner.run([self.nft, "list", "ruleset", "inet"])
+        if res.returncode != 0 and denied(res.stderr):
+            raise BackendError(
+                privilege_message("native nftables", f"{self.nft} list ruleset inet: {res.stderr.strip()}")
+            )
         if res.returncode != 0:
             raise BackendError(f"netinit: {self.nft} list ruleset inet failed: {res.stderr.strip()}")
         return {

@@ -53,3 +53,19 @@ def find_tool(name: str) -> str | None:
     if found:
         return found
     return next((p for p in (os.path.join(d, name) for d in SBIN_DIRS) if os.access(p, os.X_OK)), None)
+
+
+_DENIED = ("permission denied", "operation not permitted", "you must be root")
+
+
+def denied(stderr: str) -> bool:
+    """Did a command fail for want of privilege (not root, no CAP_NET_ADMIN)?"""
+    low = stderr.lower()
+    return any(d in low for d in _DENIED)
+
+
+def privilege_message(what: str, detail: str) -> str:
+    return (
+        f"netinit: {what} needs root, or CAP_NET_ADMIN (and CAP_NET_RAW) in the target network namespace; "
+        f"running as uid {os.geteuid()} it was refused ({detail}). Nothing was changed"
+    )
