@@ -130,8 +130,8 @@ def _act(
     if opts.run_validation:
         from netinit.apply.validate import validate
 
-        if validate(cfg, _log):
-            _log("validation passed: outbound capture and proxy bypass work")
+        if validate(cfg, _log, opts.probe_port, opts.probe_timeout):
+            _log("validation passed: capture and proxy bypass work")
 
 
 def _post_apply_steps(cfg: CaptureConfig, runner: Runner) -> list[Step]:
