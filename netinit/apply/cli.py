@@ -13,12 +13,13 @@ from collections.abc import Mapping, Sequence
 from netinit.apply import netns
 from netinit.apply.engine import cleanup, render_restore
 from netinit.apply.facts import host_facts
-from netinit.apply.iptables import Applier, RestoreApplier, detect_backend
-from netinit.apply.runner import Runner
+from netinit.apply.iptables import Applier, Backend, RestoreApplier, detect_backend
+from netinit.apply.runner import Runner, find_tool
+from netinit.apply.steps import Step
 from netinit.core.config import CaptureConfig, RunOptions, resolve
 from netinit.core.flags import parse_options
 from netinit.core.plan import RuleSet, plan
-from netinit.errors import ApplyError, ConfigError, NetinitError
+from netinit.errors import BackendError, ConfigError, NetinitError
 
 
 def _log(msg: str) -> None:
@@ -30,7 +31,7 @@ def make_applier(name: str, forced: str | None, runner: Runner) -> Applier:
     if name == "iptc":
         from netinit.apply.iptc import IptcApplier  # lazy: libiptc costs ~200 ms to import
 
-        return IptcApplier(runner)
+        return IptcApplier(runner)  # imports python-iptables now: a missing one is exit 2, nothing touched
     backend, probed_v4 = detect_backend(runner, forced)
     return RestoreApplier(backend, runner, probed_v4)
 
@@ -90,7 +91,9 @@ def _act(
     cfg: CaptureConfig, opts: RunOptions, ruleset: RuleSet, runner: Runner, nft_tables: dict[str, str] | None = None
 ) -> None:
     """Clean up, or apply (+ what the rules rely on) and validate - under the namespace lock. ``nft_tables``:
-    the plan rendered for ``--native-nftables``."""
+    the plan rendered for ``--native-nftables``. Every prerequisite is checked before anything is touched;
+    the apply, the removal of the other capture kind (``--reconcile``) and the steps outside the tables are one
+    transaction (``netinit.apply.steps``): exit 1 means rolled back."""
     if opts.cleanup_only:
         if opts.native_nftables:
             from netinit.apply import nftables  # lazy: the iptables path never imports the nftables modules
@@ -103,32 +106,93 @@ def _act(
         return
 
     if not opts.skip_rule_apply:
+        after = _post_apply_steps(cfg, runner)  # checks its prerequisites (pyroute2, ip) first
         families = ", ".join(f"IPv{f}" for f in ruleset.families())
         if nft_tables is not None:
             from netinit.apply import nftables
 
             nft = nftables.NftApplier(runner, nftables.nft_binary())
+            before = _remove_iptables_capture(runner, opts.reconcile)
             _log(f"backend: native nftables via {nft.nft} -f; families: {families}")
-            _log(nftables.apply_tables(nft_tables, nft, reconcile=opts.reconcile, force=opts.force_apply, log=_log))
+            msg = nftables.apply_tables(
+                nft_tables, nft, reconcile=opts.reconcile, force=opts.force_apply, log=_log, after=after, before=before
+            )
         else:
             from netinit.apply.engine import apply_ruleset
 
             applier = make_applier(opts.applier, opts.force_iptables_binary, runner)
+            before = _remove_native_capture(runner, opts.reconcile)
             _log(f"backend: iptables-{applier.backend.flavor} via {applier.name}; families: {families}")
-            _log(apply_ruleset(ruleset, applier, reconcile=opts.reconcile, force=opts.force_apply, log=_log))
-        _post_apply(cfg, runner)
+            msg = apply_ruleset(
+                ruleset, applier, reconcile=opts.reconcile, force=opts.force_apply, log=_log, after=after, before=before
+            )
+        _log(msg)
     if opts.run_validation:
         from netinit.apply.validate import validate
 
-        if validate(cfg, _log):
-            _log("validation passed: outbound capture and proxy bypass work")
+        if validate(cfg, _log, opts.probe_port, opts.probe_timeout):
+            _log("validation passed: capture and proxy bypass work")
 
 
-def _post_apply(cfg: CaptureConfig, runner: Runner) -> None:
-    """What the rules rely on outside iptables: ``::6`` on lo (IPv6) and the TPROXY policy route."""
+def _post_apply_steps(cfg: CaptureConfig, runner: Runner) -> list[Step]:
+    """What the rules rely on outside the tables - ``::6`` on lo (IPv6) and the TPROXY policy route - as steps of
+    the apply's transaction, after checking what they need (nothing is touched yet)."""
+    steps = []
     if cfg.enable_ipv6:
-        res = runner.run(["ip", "-6", "addr", "replace", "::6/128", "dev", "lo"])
-        if res.returncode != 0:
-            raise ApplyError(f"netinit: rules applied, but adding ::6/128 to lo failed: {res.stderr.strip()}")
+        ip = find_tool("ip")
+        if ip is None:
+            raise BackendError(
+                "netinit: IPv6 capture needs the ip command (to add ::6/128 to lo), which is not installed "
+                "(Debian: apt-get install iproute2); nothing was changed"
+            )
+        if netns.ipv6_disabled_on_lo():
+            raise BackendError(
+                "netinit: IPv6 capture needs ::6/128 on lo, but IPv6 is disabled on lo "
+                "(net.ipv6.conf.lo.disable_ipv6 = 1); nothing was changed"
+            )
+        steps.append(netns.loopback6_step(runner, ip))
     if cfg.mode == "TPROXY" and cfg.inbound_ports:
-        netns.configure_tproxy_routes(cfg.tproxy_mark, cfg.tproxy_route_table, cfg.enable_ipv6)
+        netns.require_pyroute2()
+        steps.append(netns.TproxyRoutes(cfg.tproxy_mark, cfg.tproxy_route_table, cfg.enable_ipv6).step())
+    return steps
+
+
+def _remove_native_capture(runner: Runner, reconcile: bool) -> list[Step]:
+    """Before an iptables apply: native nftables capture of ours is refused, or (``--reconcile``) removed."""
+    from netinit.apply import stacking
+
+    nft_path = find_tool("nft")
+    tables = stacking.native_tables(runner, nft_path)
+    if not tables:
+        return []
+    names = ", ".join(f"table inet {t}" for t in tables)
+    if not reconcile:
+        raise stacking.refuse(f"native nftables rules of ours ({names})", "netinit --native-nftables --cleanup-only")
+    from netinit.apply import nftables
+
+    nft = nftables.NftApplier(runner, nft_path or "nft")
+    _log(f"--reconcile: removing native nftables capture ({names}) in the same transaction")
+    return [nftables.removal_step(nft, nft.live(leftovers=True))]
+
+
+def _remove_iptables_capture(runner: Runner, reconcile: bool) -> list[Step]:
+    """Before a native nftables apply: iptables capture of ours is refused, or (``--reconcile``) removed."""
+    from netinit.apply import stacking
+
+    found = stacking.iptables_capture(runner)
+    if not found:
+        return []
+    names = ", ".join(f"iptables-{fl} IPv{fam}" for fl, fam in found)
+    if not reconcile:
+        flavors = sorted({fl for fl, _ in found})
+        how = " and ".join(f"netinit --cleanup-only --force-iptables-binary {fl}" for fl in flavors)
+        raise stacking.refuse(f"iptables rules of ours ({names})", how)
+    from netinit.apply.engine import cleanup_steps
+    from netinit.core.config import CaptureConfig as _Cfg
+
+    _log(f"--reconcile: removing iptables capture ({names}) in the same transaction")
+    full = plan(_Cfg(enable_ipv6=True))
+    steps: list[Step] = []
+    for flavor in sorted({fl for fl, _ in found}):
+        steps += cleanup_steps(full, RestoreApplier(Backend(flavor), runner))[0]
+    return steps

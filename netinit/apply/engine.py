@@ -14,12 +14,14 @@ Both families are snapshotted first; if anything fails, every family is restored
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import NamedTuple
 
 from netinit.apply.iptables import Applier
-from netinit.core.plan import BUILTIN_CHAINS, OWN_CHAINS, TABLE_ORDER, Family, Rule, RuleSet, chains_in_order
-from netinit.errors import ApplyError, DriftError, NetinitError
+from netinit.apply.steps import Step, run_steps
+from netinit.core.plan import BUILTIN_CHAINS, OWN_CHAINS, TABLE_ORDER, Family, Rule, RuleSet, chains_in_order, plan
+from netinit.errors import DriftError
 from netinit.rules.save import TableState, desired_state, jump_target, parse_save
 
 Log = Callable[[str], None]
@@ -105,14 +107,13 @@ def _rollback_payload(snapshot: str, touched_tables: Iterable[str]) -> str:
 
 
 class Transaction:
-    """Snapshot every family, run the per-family steps, roll everything back if one fails."""
+    """Snapshot every family; then one ``Step`` per family payload, followed by the caller's steps, all rolled
+    back together if one fails (``netinit.apply.steps``)."""
 
-    def __init__(self, applier: Applier, families: tuple[Family, ...], log: Log) -> None:
+    def __init__(self, applier: Applier, families: tuple[Family, ...]) -> None:
         self.applier = applier
         self.families = families
-        self.log = log
         self.snapshots: dict[Family, str] = {}
-        self.touched: dict[Family, set[str]] = {}
 
     def snapshot(self) -> dict[Family, dict[str, TableState]]:
         states = {}
@@ -121,31 +122,42 @@ class Transaction:
             states[fam] = parse_save(self.snapshots[fam])
         return states
 
-    def run(self, payloads: dict[Family, str]) -> None:
-        done: list[Family] = []
-        try:
-            for fam in self.families:
-                if not payloads.get(fam):
-                    continue
-                self.touched[fam] = set(parse_save(payloads[fam]))
-                done.append(fam)
-                self.applier.apply(fam, payloads[fam])
-        except NetinitError as e:
-            self.log(f"apply failed: {e}; rolling back {', '.join(f'IPv{f}' for f in done)} to the snapshot")
-            rollback_errors = []
-            for fam in done:
-                try:
-                    self.applier.restore(fam, _rollback_payload(self.snapshots[fam], self.touched[fam]))
-                except NetinitError as re_:
-                    rollback_errors.append(str(re_))
-            if rollback_errors:
-                raise ApplyError(f"{e}; ROLLBACK ALSO FAILED: {'; '.join(rollback_errors)}") from e
-            raise ApplyError(f"{e} (state rolled back to the snapshot)") from e
+    def steps(self, payloads: dict[Family, str]) -> list[Step]:
+        """A step per family with something to write; its undo restores that family's snapshot."""
+        out = []
+        for fam in self.families:
+            payload = payloads.get(fam)
+            if not payload:
+                continue
+            rollback = _rollback_payload(self.snapshots[fam], parse_save(payload))
+            out.append(
+                Step(
+                    f"IPv{fam} iptables",
+                    partial(self.applier.apply, fam, payload),
+                    partial(self.applier.restore, fam, rollback),
+                )
+            )
+        return out
+
+    def run(self, payloads: dict[Family, str], after: Sequence[Step] = ()) -> None:
+        run_steps([*self.steps(payloads), *after])
 
 
-def apply_ruleset(ruleset: RuleSet, applier: Applier, *, reconcile: bool, force: bool, log: Log) -> str:
+def apply_ruleset(
+    ruleset: RuleSet,
+    applier: Applier,
+    *,
+    reconcile: bool,
+    force: bool,
+    log: Log,
+    after: Sequence[Step] = (),
+    before: Sequence[Step] = (),
+) -> str:
+    """Apply ``ruleset``; ``before``/``after``: steps of the same transaction (the removal of native nftables
+    capture, what the rules rely on outside iptables) - rolled back with the tables if any step fails. They run
+    also when the rules are already in place."""
     fams_to_read = ruleset.families()
-    txn = Transaction(applier, fams_to_read, log)
+    txn = Transaction(applier, fams_to_read)
     states = txn.snapshot()
     payloads: dict[Family, str] = {}
     drift: list[str] = []
@@ -160,23 +172,89 @@ def apply_ruleset(ruleset: RuleSet, applier: Applier, *, reconcile: bool, force:
                     drift.append(f"IPv{fam} {d.table}")
         payloads[fam] = "".join(d.payload for d in diffs if force or not d.in_place)
     if all_in_place and not force:
+        run_steps([*before, *after])
         return "capture rules already in place; nothing to do"
     if drift and not (reconcile or force):
         raise DriftError(
             "netinit: rules of ours already exist but differ from the plan in "
             f"{', '.join(drift)}; re-run with --reconcile to replace them (nothing was changed)"
         )
-    txn.run(payloads)
+    run_steps([*before, *txn.steps(payloads), *after])
     return "capture rules applied" + (" (replaced drifted rules)" if drift else "")
 
 
-def cleanup(ruleset: RuleSet, applier: Applier, log: Log) -> str:
-    """Remove ours from both families (a dual-stack run may have left IPv6 rules); pass a dual-stack plan."""
-    fams: tuple[Family, ...] = (4, 6)
-    txn = Transaction(applier, fams, log)
+def cleanup_steps(ruleset: RuleSet, applier: Applier) -> tuple[list[Step], dict[Family, dict[str, TableState]]]:
+    """The steps that remove ours from both families (a dual-stack run may have left IPv6 rules; pass a
+    dual-stack plan), and the state they were computed from."""
+    txn = Transaction(applier, (4, 6))
     states = txn.snapshot()
-    payloads = {fam: render_cleanup(ruleset.family(fam), states[fam]) for fam in fams}
-    if not any(payloads.values()):
-        return "nothing of ours to clean up"
-    txn.run(payloads)
-    return "capture rules removed"
+    return txn.steps({fam: render_cleanup(ruleset.family(fam), states[fam]) for fam in txn.families}), states
+
+
+def cleanup(ruleset: RuleSet, applier: Applier, log: Log) -> str:
+    """Remove ours; say which rules that look like ours were left (not recognisable with the given flags)."""
+    steps, states = cleanup_steps(ruleset, applier)
+    left = lookalikes(states, ruleset)
+    if left:
+        log(
+            f"left {len(left)} rule{'s' * (len(left) != 1)} in built-in chains that look like netinit's but are "
+            "not what the given flags write (a CNI may write the same rules, so only exact matches are removed):\n  "
+            + "\n  ".join(left)
+            + "\nIf netinit wrote them, re-run --cleanup-only with the flags of the original run "
+            "(or delete each with iptables -t TABLE -D CHAIN RULE)"
+        )
+    if not steps:
+        return "nothing of ours to clean up" + (" (see the rules left above)" if left else "")
+    run_steps(steps)
+    return "capture rules removed" + (f" ({len(left)} look-alike rules left, see above)" if left else "")
+
+
+# The flags under which the planner writes every kind of rule it puts in built-in chains without jumping to a
+# chain of its own (-c/-k RETURNs, TPROXY's MARK/CONNMARK rules); ``_shape`` erases what varies between runs.
+_ALL_FEATURES = (
+    ["-b", "*", "-i", "*", "-c", "c0", "-k", "k0", "--drop-invalid", "--redirect-dns", "--capture-all-dns"],
+    ["-m", "TPROXY", "-b", "*", "-i", "*", "-c", "c0", "-k", "k0", "--redirect-dns", "--capture-all-dns"],
+)
+_SHAPE_SUBS = (
+    (r"(-[io]) (?!lo\b)\S+", r"\1 IFACE"),
+    (r"0x[0-9a-f]+", "N"),
+    (r"--(uid|gid)-owner \d+", r"--\1-owner N"),
+    (r"--(dport|sport|to-ports|on-port) \d+", r"--\1 N"),
+    (r"127\.\d+\.\d+\.\d+/\d+", "LOOPBACK"),
+)
+
+
+def _shape(spec: str) -> str:
+    import re
+
+    for pattern, repl in _SHAPE_SUBS:
+        spec = re.sub(pattern, repl, spec)
+    return spec
+
+
+def lookalikes(states: dict[Family, dict[str, TableState]], ruleset: RuleSet) -> list[str]:
+    """Rules in built-in chains that have the shape of a rule netinit writes (with other flags) but that
+    ``ruleset``'s cleanup does not remove: ``IPv4 nat PREROUTING: -i eth9 -j RETURN``."""
+    from netinit.core.config import HostFacts, config_from_flags
+
+    shapes: set[str] = set()
+    for argv in _ALL_FEATURES:
+        full = plan(config_from_flags(argv, facts=HostFacts(has_global_ipv6=True))._replace(enable_ipv6=True))
+        for fam in full.families():
+            shapes |= {_shape(r.spec()) for r in full.family(fam) if r.chain in BUILTIN_CHAINS}
+    out = []
+    for fam, tables in states.items():
+        desired = desired_state(ruleset.family(fam))
+        for t in TABLE_ORDER:
+            cur = tables.get(t)
+            if cur is None:
+                continue
+            for ch in sorted(BUILTIN_CHAINS):
+                want = set(desired.get(t, TableState()).chains.get(ch, []))
+                removed = set(_ours_in_builtin(cur.chains.get(ch, []), want))
+                out += [
+                    f"IPv{fam} {t} {ch}: {s}"
+                    for s in cur.chains.get(ch, [])
+                    if s not in removed and _shape(s) in shapes
+                ]
+    return out

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
-from netinit.apply.runner import Runner, find_executable
+from netinit.apply.runner import Runner, denied, find_executable, privilege_message
 from netinit.core.plan import Family
 from netinit.errors import ApplyError, BackendError
 
@@ -40,6 +40,7 @@ def detect_backend(
     """
     lookup = which if which is not None else find_executable
     problems: list[str] = []
+    refused: list[str] = []  # failures for want of privilege
 
     def probe(flavor: str) -> str | None:
         missing = [b for b in _binaries(flavor) if lookup(b) is None]
@@ -49,11 +50,15 @@ def detect_backend(
         res = runner.run(Backend(flavor).save_cmd(4))
         if res.returncode != 0:
             problems.append(f"{flavor}: iptables-{flavor}-save failed: {res.stderr.strip() or res.returncode}")
+            if denied(res.stderr):
+                refused.append(problems[-1])
             return None
         return res.stdout
 
     if forced:
         state = probe(forced)
+        if state is None and refused:
+            raise BackendError(privilege_message("reading iptables", "; ".join(refused)))
         if state is None:
             raise BackendError(f"netinit: --force-iptables-binary {forced} is not usable here: {'; '.join(problems)}")
         return Backend(forced), state
@@ -65,6 +70,8 @@ def detect_backend(
         return Backend("nft"), nft
     if legacy is not None:
         return Backend("legacy"), legacy
+    if refused:
+        raise BackendError(privilege_message("reading iptables", "; ".join(refused)))
     raise BackendError(
         "netinit: no usable iptables backend (" + "; ".join(problems) + "). "
         "Install iptables (Debian: apt-get install iptables) and make sure the kernel has "

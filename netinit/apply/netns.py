@@ -1,7 +1,7 @@
 """Network-namespace edge: enter a namespace, read its addresses and resolv.conf, program TPROXY routes.
 
 Only the standard library on the default path (start-up time is pod start-up time); pyroute2 is imported
-only by ``configure_tproxy_routes``, the one feature that needs it.
+only in TPROXY mode (``require_pyroute2``, ``TproxyRoutes``), the one feature that needs it.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import socket
 import struct
 from collections.abc import Iterator
 
+from netinit.apply.runner import Runner
+from netinit.apply.steps import Step
 from netinit.errors import ApplyError, ConfigError
 
 CLONE_NEWNET = 0x40000000
@@ -124,18 +126,97 @@ def global_families() -> tuple[bool, bool]:
     return v4, v6
 
 
-def configure_tproxy_routes(mark: int, table: int, ipv6: bool) -> None:
-    """``ip rule add fwmark MARK lookup TABLE`` + ``ip route add local default dev lo table TABLE``, idempotent."""
+def require_pyroute2() -> None:
+    """Checked before any rule is touched: TPROXY mode programs its policy route with pyroute2."""
     try:
+        import pyroute2  # noqa: F401  (the import the route step will need; ~140 ms, TPROXY only)
+    except ImportError as e:
+        raise ConfigError(
+            f"netinit: TPROXY mode needs pyroute2 to program its policy route, and it cannot be imported here ({e}); "
+            "install it (pip install pyroute2) - nothing was changed"
+        ) from None
+
+
+class TproxyRoutes:
+    """``ip rule add fwmark MARK lookup TABLE`` + ``ip route add local default dev lo table TABLE`` (IPv4, and
+    IPv6 with ``ipv6``) as an undoable step: it records what it added, and its undo deletes exactly that."""
+
+    def __init__(self, mark: int, table: int, ipv6: bool) -> None:
+        self.mark, self.table, self.ipv6 = mark, table, ipv6
+        self.added: list[tuple[str, dict[str, object]]] = []
+
+    def step(self) -> Step:
+        return Step("TPROXY policy route", self.do, self.undo)
+
+    def _families(self) -> list[tuple[socket.AddressFamily, str]]:
+        return [(socket.AF_INET, "0.0.0.0/0")] + ([(socket.AF_INET6, "::/0")] if self.ipv6 else [])
+
+    def do(self) -> None:
         from pyroute2 import IPRoute
-    except ImportError as e:  # pragma: no cover - packaging error
-        raise ApplyError(f"netinit: TPROXY mode needs pyroute2: {e}") from None
-    with IPRoute() as ipr:
-        lo = ipr.link_lookup(ifname="lo")[0]
-        for fam, dst in ((socket.AF_INET, "0.0.0.0/0"), (socket.AF_INET6, "::/0")):
-            if fam == socket.AF_INET6 and not ipv6:
-                continue
-            rules = ipr.get_rules(family=fam)
-            if not any(r.get_attr("FRA_FWMARK") == mark and r.get_attr("FRA_TABLE") == table for r in rules):
-                ipr.rule("add", family=fam, fwmark=mark, table=table)
-            ipr.route("replace", family=fam, dst=dst, type="local", scope="host", oif=lo, table=table)
+
+        try:
+            with IPRoute() as ipr:
+                lo = ipr.link_lookup(ifname="lo")[0]
+                for fam, dst in self._families():
+                    rules = ipr.get_rules(family=fam)
+                    if not any(
+                        r.get_attr("FRA_FWMARK") == self.mark and r.get_attr("FRA_TABLE") == self.table for r in rules
+                    ):
+                        rule: dict[str, object] = {"family": fam, "fwmark": self.mark, "table": self.table}
+                        ipr.rule("add", **rule)
+                        self.added.append(("rule", rule))
+                    had_default = any(r.get("dst_len") == 0 for r in ipr.get_routes(family=fam, table=self.table))
+                    route: dict[str, object] = {"family": fam, "dst": dst, "type": "local", "scope": "host", "oif": lo}
+                    route["table"] = self.table
+                    ipr.route("replace", **route)
+                    if not had_default:
+                        self.added.append(("route", route))
+        except Exception as e:  # pyroute2's NetlinkError is a plain Exception
+            raise ApplyError(f"netinit: setting up the TPROXY policy route (table {self.table}) failed: {e}") from e
+
+    def undo(self) -> None:
+        from pyroute2 import IPRoute
+
+        try:
+            with IPRoute() as ipr:
+                while self.added:
+                    kind, args = self.added.pop()
+                    (ipr.rule if kind == "rule" else ipr.route)("del", **args)
+        except Exception as e:
+            raise ApplyError(f"netinit: removing the TPROXY policy route again failed: {e}") from e
+
+
+def has_address(addr: str) -> bool:
+    want = ipaddress.ip_address(addr)
+    return any(a == want for a in addresses())
+
+
+def loopback6_step(runner: Runner, ip: str) -> Step:
+    """``::6/128`` on lo (the IPv6 passthrough source, as istio-iptables adds it) as an undoable step: the undo
+    removes it only if this run added it."""
+    added: list[bool] = []
+
+    def do() -> None:
+        if has_address("::6"):
+            return
+        res = runner.run([ip, "-6", "addr", "add", "::6/128", "dev", "lo"])
+        if res.returncode != 0:
+            raise ApplyError(f"netinit: adding ::6/128 to lo failed: {res.stderr.strip() or res.returncode}")
+        added.append(True)
+
+    def undo() -> None:
+        if added:
+            res = runner.run([ip, "-6", "addr", "del", "::6/128", "dev", "lo"])
+            if res.returncode != 0:
+                raise ApplyError(f"netinit: removing ::6/128 from lo again failed: {res.stderr.strip()}")
+            added.clear()
+
+    return Step("::6 on lo", do, undo)
+
+
+def ipv6_disabled_on_lo() -> bool:
+    try:
+        with open("/proc/sys/net/ipv6/conf/lo/disable_ipv6") as f:
+            return f.read().strip() == "1"
+    except OSError:
+        return False

@@ -11,9 +11,10 @@ read, replaced or deleted.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from netinit.apply.runner import Runner, find_executable
+from netinit.apply.runner import Runner, denied, find_executable, privilege_message
+from netinit.apply.steps import Step, run_steps
 from netinit.errors import ApplyError, BackendError, DriftError, NetinitError
 from netinit.rules import nft
 
@@ -45,6 +46,10 @@ class NftApplier:
         """Our tables that exist, as listed (other inet tables are ignored); with ``leftovers`` also temporary
         check tables an interrupted run left behind."""
         res = self.runner.run([self.nft, "list", "ruleset", "inet"])
+        if res.returncode != 0 and denied(res.stderr):
+            raise BackendError(
+                privilege_message("native nftables", f"{self.nft} list ruleset inet: {res.stderr.strip()}")
+            )
         if res.returncode != 0:
             raise BackendError(f"netinit: {self.nft} list ruleset inet failed: {res.stderr.strip()}")
         return {
@@ -108,9 +113,20 @@ def differing_tables(want: dict[str, str], live: dict[str, str]) -> list[str]:
     return [n for n in nft.TABLE_NAMES if not _same(want.get(n), live.get(n))]
 
 
-def apply_tables(want: dict[str, str], applier: NftApplier, *, reconcile: bool, force: bool, log: Log) -> str:
+def apply_tables(
+    want: dict[str, str],
+    applier: NftApplier,
+    *,
+    reconcile: bool,
+    force: bool,
+    log: Log,
+    after: Sequence[Step] = (),
+    before: Sequence[Step] = (),
+) -> str:
     """Make our tables ``want`` (``nft.render_tables``): nothing when already in place, refuse drift unless
-    reconcile/force, else one script."""
+    reconcile/force, else one script. ``before``/``after``: steps of the same transaction (the removal of
+    iptables capture, what the rules rely on outside nftables); if one fails the tables are put back as they
+    were listed before."""
     live = applier.live()
     differing = differing_tables(want, live)
     if any(n in live and n in want for n in differing):
@@ -121,6 +137,7 @@ def apply_tables(want: dict[str, str], applier: NftApplier, *, reconcile: bool, 
                 log(f"{applier.nft} prints {', '.join(spelled)} differently than netinit writes it; same rules")
             differing = [n for n in differing if n not in spelled]
     if not differing and not force:
+        run_steps([*before, *after])
         return "capture rules already in place; nothing to do"
     drift = [n for n in differing if n in live]
     if drift and not (reconcile or force):
@@ -133,8 +150,29 @@ def apply_tables(want: dict[str, str], applier: NftApplier, *, reconcile: bool, 
         script = nft.transaction(want, existing=live)
     else:
         script = nft.transaction({n: want[n] for n in differing if n in want}, existing=drift)
-    applier.run(script)
+    run_steps([*before, tables_step(applier, script, live), *after])
     return "capture rules applied" + (" (replaced drifted rules)" if drift else "")
+
+
+def tables_step(applier: NftApplier, script: str, live: dict[str, str]) -> Step:
+    """``script`` as a step; its undo makes our tables what ``live`` listed (nft's listing loads back). A failed
+    script changed nothing (nft transactions are atomic), so then there is nothing to undo."""
+    done: list[bool] = []
+
+    def do() -> None:
+        applier.run(script)
+        done.append(True)
+
+    def undo() -> None:
+        if done:
+            applier.run(nft.transaction(dict(live), existing=applier.live()))
+
+    return Step("native nftables", do, undo)
+
+
+def removal_step(applier: NftApplier, live: dict[str, str]) -> Step:
+    """Delete our tables ``live`` (as listed); the undo loads them back."""
+    return tables_step(applier, nft.transaction({}, existing=live), live)
 
 
 def cleanup(applier: NftApplier) -> str:

@@ -42,3 +42,30 @@ def find_executable(name: str) -> str | None:
         if os.path.isfile(path) and os.access(path, os.X_OK):
             return path
     return None
+
+
+SBIN_DIRS = ("/usr/sbin", "/sbin", "/usr/bin", "/bin")  # an init container's PATH may lack sbin
+
+
+def find_tool(name: str) -> str | None:
+    """``name`` on PATH, else in the usual system directories."""
+    found = find_executable(name)
+    if found:
+        return found
+    return next((p for p in (os.path.join(d, name) for d in SBIN_DIRS) if os.access(p, os.X_OK)), None)
+
+
+_DENIED = ("permission denied", "operation not permitted", "you must be root")
+
+
+def denied(stderr: str) -> bool:
+    """Did a command fail for want of privilege (not root, no CAP_NET_ADMIN)?"""
+    low = stderr.lower()
+    return any(d in low for d in _DENIED)
+
+
+def privilege_message(what: str, detail: str) -> str:
+    return (
+        f"netinit: {what} needs root, or CAP_NET_ADMIN (and CAP_NET_RAW) in the target network namespace; "
+        f"running as uid {os.geteuid()} it was refused ({detail}). Nothing was changed"
+    )

@@ -25,6 +25,8 @@ DEFAULT_INBOUND_CAPTURE_PORT = 15006
 DEFAULT_INBOUND_TUNNEL_PORT = 15008
 DEFAULT_PROXY_UID = "1337"
 DNS_LISTENER_PORT = 15053
+DEFAULT_PROBE_PORT = 15002
+DEFAULT_PROBE_TIMEOUT = 5.0  # seconds (Istio's 5s)
 
 # Records are NamedTuples, not dataclasses: `dataclasses` imports `inspect` (about 10 ms), and netinit's start-up
 # time is every pod's start-up time.
@@ -86,6 +88,8 @@ class RunOptions(NamedTuple):
     pid: int | None = None
     applier: str = "restore"
     native_nftables: bool = False
+    probe_port: int = DEFAULT_PROBE_PORT
+    probe_timeout: float = DEFAULT_PROBE_TIMEOUT
 
 
 def resolve(
@@ -203,6 +207,17 @@ def resolve(
             "it cannot be combined with --force-iptables-binary nft"
         )
 
+    probe_port = values.port("--iptables-probe-port", v.get("probe_port") or str(DEFAULT_PROBE_PORT))
+    probe_timeout = (
+        values.duration("--probe-timeout", v["probe_timeout"]) if v.get("probe_timeout") else DEFAULT_PROBE_TIMEOUT
+    )
+    # pilot-agent's logging flags: no effect here, but a value Istio would refuse is refused.
+    for name in ("log_output_level", "log_stacktrace_level"):
+        if v.get(name):
+            values.log_levels(f"--{name}", v[name])
+    if v.get("vklog"):
+        values.bounded_int("--vklog", v["vklog"], 0, 2**31 - 1)
+
     cfg = CaptureConfig(
         proxy_port=proxy_port,
         inbound_capture_port=in_port,
@@ -243,6 +258,8 @@ def resolve(
         pid=pid,
         applier=raw.applier,
         native_nftables=f["native_nftables"],
+        probe_port=probe_port,
+        probe_timeout=probe_timeout,
     )
     return cfg, run
 

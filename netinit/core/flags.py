@@ -15,7 +15,7 @@ from netinit.errors import ConfigError
 
 # (dest, short, long, env, help)
 _STR_FLAGS: tuple[tuple[str, str | None, str, str, str], ...] = (
-    ("envoy_port", "-p", "--envoy-port", "ENVOY_PORT", "port all outbound TCP is redirected to (15001)"),
+    ("envoy_port", "-p", "--envoy-port", "", "port all outbound TCP is redirected to (15001)"),
     (
         "inbound_capture_port",
         "-z",
@@ -111,9 +111,28 @@ _STR_FLAGS: tuple[tuple[str, str | None, str, str, str], ...] = (
         "FORCE_IPTABLES_BINARY",
         "legacy or nft: skip backend detection",
     ),
+    (
+        "probe_port",
+        None,
+        "--iptables-probe-port",
+        "IPTABLES_PROBE_PORT",
+        "--run-validation: the port of 127.0.0.6 / ::6 the inbound probe dials (15002)",
+    ),
+    (
+        "probe_timeout",
+        None,
+        "--probe-timeout",
+        "PROBE_TIMEOUT",
+        "--run-validation: how long to wait, a Go duration (5s)",
+    ),
+    # pilot-agent's logging flags, which the injection template passes: validated, no effect here (no env var).
+    ("log_output_level", None, "--log_output_level", "", "accepted for Istio: [scope:]level list; no effect"),
+    ("log_stacktrace_level", None, "--log_stacktrace_level", "", "accepted for Istio: [scope:]level list; no effect"),
+    ("log_caller", None, "--log_caller", "", "accepted for Istio; no effect"),
+    ("vklog", None, "--vklog", "", "accepted for Istio: klog verbosity (an integer); no effect"),
 )
 
-# (dest, short, long, env, extra env consulted when the first is unset, help)
+# (dest, short, long, env ('' = none), additional env that wins over the first one when set, help)
 _BOOL_FLAGS: tuple[tuple[str, str | None, str, str, str | None, str], ...] = (
     ("dry_run", "-n", "--dry-run", "DRY_RUN", None, "print the iptables-restore payloads; touch nothing"),
     (
@@ -145,7 +164,7 @@ _BOOL_FLAGS: tuple[tuple[str, str | None, str, str, str | None, str], ...] = (
         None,
         "--dual-stack",
         "DUAL_STACK",
-        "ISTIO_AGENT_DUAL_STACK",
+        "ISTIO_DUAL_STACK",
         "program IPv6 too whenever a global IPv6 address exists",
     ),
     (
@@ -168,6 +187,24 @@ _BOOL_FLAGS: tuple[tuple[str, str | None, str, str, str | None, str], ...] = (
         None,
         "program native nftables (inet istio-proxy-* tables, one nft transaction) instead of iptables",
     ),
+    (
+        "cni_mode",
+        None,
+        "--cni-mode",
+        "CNI_MODE",
+        None,
+        "accepted for Istio (run from the host for a CNI plugin); no effect: netinit always locks per namespace",
+    ),
+    ("log_as_json", None, "--log_as_json", "", None, "accepted for Istio (JSON logs); no effect"),
+)
+
+# The settings that decide the plan, read from the environment: ``netinit verify`` refuses to compare with
+# a plan made of none of them.
+CAPTURE_ENV = frozenset(
+    [e for d, _s, _l, e, _h in _STR_FLAGS if e and not d.startswith(("log_", "vklog", "probe"))]
+    + ["REDIRECT_DNS", "CAPTURE_ALL_DNS", "DROP_INVALID", "DUAL_STACK"]
+    + ["ISTIO_META_DNS_CAPTURE", "INVALID_DROP", "ISTIO_DUAL_STACK"]
+    + ["ISTIO_OUTBOUND_OWNER_GROUPS", "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE", "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR"]
 )
 
 
@@ -197,10 +234,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for dest, short, long, env, help_ in _STR_FLAGS:
         names = [n for n in (short, long) if n]
-        p.add_argument(*names, dest=dest, default=None, metavar="VALUE", help=f"{help_} [${env}]")
+        p.add_argument(*names, dest=dest, default=None, metavar="VALUE", help=f"{help_} [${env}]" if env else help_)
+    p.add_argument("--log_target", action="append", metavar="PATH", help="accepted for Istio (repeatable); no effect")
     for dest, short, long, env, _fallback, help_ in _BOOL_FLAGS:
         names = [n for n in (short, long) if n]
-        p.add_argument(*names, dest=dest, action="store_const", const=True, default=None, help=f"{help_} [${env}]")
+        p.add_argument(
+            *names,
+            dest=dest,
+            action="store_const",
+            const=True,
+            default=None,
+            help=f"{help_} [${env}]" if env else help_,
+        )
     p.add_argument("--pid", default=None, metavar="PID", help="apply in the network namespace of this process")
     p.add_argument(
         "--applier",
@@ -226,27 +271,50 @@ def _env_bool(env: Mapping[str, str], name: str) -> bool | None:
     raise ConfigError(f"netinit: invalid value for env {name}: {raw!r} (expected true or false)")
 
 
+_BOOL_LONG = {long: dest for dest, _s, long, _e, _f, _h in _BOOL_FLAGS}
+
+
+def _go_bools(argv: Sequence[str]) -> tuple[list[str], dict[str, bool]]:
+    """pflag's ``--flag=true|false`` form of the booleans: ``--x=true`` becomes ``--x``; ``--x=false`` is taken
+    out and recorded (an explicit false wins over the env var). A bool never consumes the next argument."""
+    out: list[str] = []
+    given: dict[str, bool] = {}
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            out += argv[i:]
+            break
+        name, eq, value = arg.partition("=")
+        if eq and name in _BOOL_LONG:
+            if value in _GO_TRUE:
+                out.append(name)
+            elif value in _GO_FALSE:
+                given[_BOOL_LONG[name]] = False
+            else:
+                raise ConfigError(f"netinit: invalid value for {name}: {value!r} (expected true or false)")
+        else:
+            out.append(arg)
+    return out, given
+
+
 def parse_options(argv: Sequence[str], env: Mapping[str, str]) -> RawOptions:
-    """Merge flags and env vars; a flag wins over its env var."""
-    ns = build_parser().parse_args(list(argv))
+    """Merge flags and env vars as istio-iptables binds them: a flag wins over its env var, and an additional env
+    var (``ISTIO_META_DNS_CAPTURE``, ``INVALID_DROP``, ``ISTIO_DUAL_STACK``) wins over the primary one."""
+    args, explicit = _go_bools(argv)
+    ns = build_parser().parse_args(args)
     values: dict[str, str] = {}
     for dest, _short, _long, env_name, _help in _STR_FLAGS:
         v = getattr(ns, dest)
-        if v is None:
+        if v is None and env_name:
             v = env.get(env_name)
-        if dest == "interception_mode" and v is None:
-            v = env.get("INBOUND_INTERCEPTION_MODE")
-        if dest == "tproxy_mark" and v is None:
-            v = env.get("INBOUND_TPROXY_MARK")
         if v is not None:
             values[dest] = v
     flags: dict[str, bool] = {}
-    for dest, _short, _long, env_name, fallback, _help in _BOOL_FLAGS:
-        v = getattr(ns, dest)
-        if v is None:
+    for dest, _short, _long, env_name, additional, _help in _BOOL_FLAGS:
+        v = explicit.get(dest, getattr(ns, dest))
+        if v is None and additional:
+            v = _env_bool(env, additional)
+        if v is None and env_name:
             v = _env_bool(env, env_name)
-        if v is None and fallback:
-            v = _env_bool(env, fallback)
         flags[dest] = bool(v)
     for name in (
         "ISTIO_OUTBOUND_OWNER_GROUPS",

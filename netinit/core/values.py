@@ -123,3 +123,34 @@ def bounded_int(flag: str, text: str, lo: int, hi: int) -> int:
     if not (v.isascii() and v.isdigit()) or not lo <= int(v) <= hi:
         raise invalid(flag, text, f"expected an integer {lo}-{hi}")
     return int(v)
+
+
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+
+
+def duration(flag: str, text: str) -> float:
+    """A positive Go duration (``5s``, ``500ms``, ``1m30s``), in seconds."""
+    v = text.strip()
+    pos, total = 0, 0.0
+    while pos < len(v):
+        m = _DURATION_PART.match(v, pos)
+        if m is None:
+            break
+        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        pos = m.end()
+    if not v or pos != len(v) or total <= 0:
+        raise invalid(flag, text, "expected a positive duration such as 5s, 500ms or 1m30s")
+    return total
+
+
+LOG_LEVELS = ("debug", "info", "warn", "error", "fatal", "none")
+
+
+def log_levels(flag: str, text: str) -> str:
+    """Istio's ``[scope:]level`` comma list (``default:info,grpc:none``); scopes are free-form."""
+    for item in split_list(text):
+        level = item.rpartition(":")[2]
+        if level not in LOG_LEVELS:
+            raise invalid(flag, item, f"expected [scope:]level with a level of {', '.join(LOG_LEVELS)}")
+    return text

@@ -25,7 +25,7 @@ from netinit.apply import netns
 from netinit.apply.facts import host_facts
 from netinit.apply.runner import Runner
 from netinit.core.config import CaptureConfig, HostFacts, resolve
-from netinit.core.flags import RawOptions, parse_options
+from netinit.core.flags import CAPTURE_ENV, RawOptions, parse_options
 from netinit.core.plan import Family, plan
 from netinit.debug.connection import Query, build_connection, parse_endpoint
 from netinit.debug.live import RuleSource, read_file, read_live, routing_drift, tproxy_table
@@ -271,6 +271,12 @@ def _verify(ns: argparse.Namespace, extra: list[str], env: Mapping[str, str], ru
         raw = parse_options(args, pod_env)
         flags_text = _shell(args)
     else:
+        if not extra and not any(e in env for e in CAPTURE_ENV):
+            raise ConfigError(
+                "netinit verify: no capture flags given, so there is nothing to compare the live rules with; pass the "
+                "flags the pod runs netinit with (netinit verify -i '*' -b '*' ...), or --from-pod FILE, "
+                "or use netinit show to read the live rules without a plan"
+            )
         raw = parse_options(extra, env)
         flags_text = _shell(extra)
     if raw.flags.get("native_nftables") and not (ns.rules_file or ns.rules_file6):

@@ -26,9 +26,22 @@ def parse_endpoint(value: str, flag: str, need_port: bool) -> tuple[Addr, int | 
         p = int(port) if port is not None else None
     except ValueError:
         raise ConfigError(f"netinit: invalid value for {flag}: {value!r} (expected IP:PORT or [IPv6]:PORT)") from None
+    if need_port and p is None and addr.version == 6:
+        head, _, tail = value.rpartition(":")
+        example = f"[{head}]:{tail}" if _is_v6(head) and tail.isdigit() else "[fd00::1]:80"
+        raise ConfigError(
+            f"netinit: invalid value for {flag}: {value!r} (an IPv6 address with a port needs brackets: {example})"
+        )
     if (p is not None and not 0 < p < 65536) or (need_port and p is None):
         raise ConfigError(f"netinit: invalid value for {flag}: {value!r} (expected a port 1-65535)")
     return addr, p
+
+
+def _is_v6(text: str) -> bool:
+    try:
+        return ipaddress.ip_address(text).version == 6
+    except ValueError:
+        return False
 
 
 class Query(NamedTuple):

@@ -14,11 +14,13 @@ import ipaddress
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from netinit.apply.engine import lookalikes
 from netinit.core.config import HostFacts, config_from_flags
-from netinit.core.plan import BUILTIN_CHAINS, FAMILIES, OWN_CHAINS, Family, Rule, plan
+from netinit.core.plan import BUILTIN_CHAINS, FAMILIES, OWN_CHAINS, Family, Rule, RuleSet, plan
 from netinit.debug.model import Tables, load_tables
 from netinit.debug.verify import compare
 from netinit.errors import ConfigError
+from netinit.rules.save import parse_save
 
 # Istio pod annotations for the flags the injector renders (injector/annotations.py: capture_args).
 ANNOTATIONS = {
@@ -125,8 +127,14 @@ def reconstruct(texts: Mapping[Family, str], tproxy_route_table: int | None = No
     has = {fam: tables[fam].has_ours() for fam in FAMILIES}
     foreign = _foreign(tables)
     if not any(has.values()):
+        left = lookalikes({fam: parse_save(texts.get(fam, "")) for fam in FAMILIES}, RuleSet((), (), True))
+        hint = [
+            f"{x}: looks like a rule netinit writes (-c/-k, TPROXY) although no chain of netinit's is left; if netinit "
+            "wrote it, remove it with netinit --cleanup-only and the flags of the original run"
+            for x in left
+        ]
         return Reconstruction(
-            False, (), {}, HostFacts(), {}, (), ("no rules of netinit's in this namespace", *foreign), False
+            False, (), {}, HostFacts(), {}, (), ("no rules of netinit's in this namespace", *hint, *foreign), False
         )
     primary: Family = 4 if has[4] else 6
     t = tables[primary]

@@ -636,7 +636,7 @@ def test_init_image() -> None:
     copied = {a.split()[0] for w, a in builder if w == "COPY"}
     assert "netinit" in copied and "injector" not in copied
     # TPROXY routes need pyroute2: the same requirement as pyproject.toml
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["tproxy"]
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     pyroute2 = next(d for d in deps if d.startswith("pyroute2"))
     assert f'"{pyroute2}"' in run
     assert any(
@@ -768,7 +768,7 @@ def test_images_install_and_run(tmp_path: Path) -> None:
     init = tmp_path / "init-venv"
     run([sys.executable, "-m", "venv", str(init)])
     run([str(init / "bin" / "pip"), "install", "-q", "--no-deps", str(wheel)])
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["tproxy"]
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     run([str(init / "bin" / "pip"), "install", "-q", next(d for d in deps if d.startswith("pyroute2"))])
     assert "--envoy-port" in run([str(init / "bin" / "netinit"), "--help"]).stdout
     dry = run([str(init / "bin" / "netinit"), "--dry-run"]).stdout

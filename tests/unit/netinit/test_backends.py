@@ -54,6 +54,21 @@ def test_nothing_usable_names_what_is_missing() -> None:
     assert "nat table missing" in str(e.value)
 
 
+def test_not_root_says_it_needs_privilege_not_install_iptables() -> None:
+    denied = {
+        "iptables-legacy-save": Completed(
+            1, "", "Failed to list table names in /proc/net/ip_tables_names: Permission denied"
+        ),
+        "iptables-nft-save": Completed(
+            4, "", "Could not fetch rule set generation id: Permission denied (you must be root)"
+        ),
+    }
+    for forced in (None, "nft"):
+        with pytest.raises(BackendError) as e:
+            detect_backend(Scripted(denied), forced, which_all)
+        assert "needs root, or CAP_NET_ADMIN" in str(e.value) and "apt-get install" not in str(e.value)
+
+
 def test_probe_read_serves_the_first_snapshot_only() -> None:
     r = Scripted({"iptables-nft-save": Completed(0, EMPTY, "")})
     backend, state = detect_backend(r, "nft", which_all)

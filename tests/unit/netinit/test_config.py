@@ -39,12 +39,14 @@ def test_flag_wins_over_env_and_env_is_read() -> None:
 def test_long_names_and_bool_env_fallbacks() -> None:
     raw = parse_options(
         ["--istio-inbound-ports", "80,443", "--drop-invalid"],
-        {"ISTIO_META_DNS_CAPTURE": "true", "ISTIO_AGENT_DUAL_STACK": "1"},
+        {"ISTIO_META_DNS_CAPTURE": "true", "ISTIO_DUAL_STACK": "1"},
     )
     assert raw.flags["redirect_dns"] and raw.flags["drop_invalid"] and raw.flags["dual_stack"]
     assert raw.values["inbound_ports"] == "80,443"
     assert parse_options([], {"INVALID_DROP": "True"}).flags["drop_invalid"]
-    assert not parse_options([], {"REDIRECT_DNS": "false", "ISTIO_META_DNS_CAPTURE": "true"}).flags["redirect_dns"]
+    # As pflag's AdditionalEnv: the additional variable, when set, wins over the primary one.
+    assert parse_options([], {"REDIRECT_DNS": "false", "ISTIO_META_DNS_CAPTURE": "true"}).flags["redirect_dns"]
+    assert not parse_options([], {"DUAL_STACK": "true", "ISTIO_DUAL_STACK": "false"}).flags["dual_stack"]
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,50 @@
+"""The two capture kinds must not stack: iptables rules of ours (``ISTIO_*`` chains, legacy or nft flavour) and
+native nftables tables of ours (``inet istio-proxy-*``) in the same namespace would both capture. Before an apply
+netinit looks for the other kind; it refuses (nothing changed) unless ``--reconcile``, which removes the other
+kind in the same transaction (``netinit.apply.steps``).
+"""
+
+from __future__ import annotations
+
+from netinit.apply.runner import Runner, find_executable
+from netinit.core.plan import Family
+from netinit.errors import DriftError
+
+NATIVE_PREFIX = "istio-proxy-"
+
+
+def native_tables(runner: Runner, nft: str | None) -> list[str]:
+    """Our ``inet istio-proxy-*`` tables, if the nft CLI is there to list them (without it nothing here can have
+    made them; a failing listing means no nf_tables to hold them)."""
+    if nft is None:
+        return []
+    res = runner.run([nft, "list", "tables", "inet"])
+    if res.returncode != 0:
+        return []
+    names = [line.split()[-1] for line in res.stdout.splitlines() if line.startswith("table inet ")]
+    return [n for n in names if n.startswith(NATIVE_PREFIX)]
+
+
+def iptables_capture(runner: Runner) -> list[tuple[str, Family]]:
+    """(flavour, family) pairs whose iptables hold a chain of ours or a jump to one."""
+    found: list[tuple[str, Family]] = []
+    fams: tuple[Family, ...] = (4, 6)
+    for flavor in ("legacy", "nft"):
+        for fam in fams:
+            save = f"{'ip6' if fam == 6 else 'ip'}tables-{flavor}-save"
+            if find_executable(save) is None:
+                continue
+            res = runner.run([save])
+            if res.returncode == 0 and any(
+                line.startswith(":ISTIO_") or " -j ISTIO_" in line for line in res.stdout.splitlines()
+            ):
+                found.append((flavor, fam))
+    return found
+
+
+def refuse(what: str, remove: str) -> DriftError:
+    return DriftError(
+        f"netinit: {what} already capture this namespace; applying the other kind on top would stack both "
+        f"(nothing was changed). Remove it first ({remove}), or re-run with --reconcile to replace it in the "
+        "same transaction"
+    )
