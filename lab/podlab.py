@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from lab import podspec
+from lab import podspec, traffic
 from lab.netlab import normalize_save
 from lab.podspec import all_containers as all_containers
 from lab.podspec import expand as expand
@@ -140,12 +140,7 @@ class RunningPod:
     def upstream_hosts(self, cluster: str) -> dict[str, int]:
         """The hosts an ORIGINAL_DST cluster has connected to (admin ``/clusters``: the original destinations of
         the captured connections) and how many connections each got."""
-        out: dict[str, int] = {}
-        for line in self.admin("/clusters").splitlines():
-            parts = line.split("::")
-            if len(parts) == 4 and parts[0] == cluster and parts[2] == "cx_total":
-                out[parts[1]] = int(parts[3])
-        return out
+        return traffic.upstream_hosts(self.admin("/clusters"), cluster)
 
     def nat_rules(self) -> str:
         """The pod's nat rules: ``iptables-<flavor>-save -t nat`` without comments and counters, or with native

@@ -21,6 +21,17 @@ def peer_of(body: str) -> str:
     return m.group(1)
 
 
+def upstream_hosts(clusters_text: str, cluster: str) -> dict[str, int]:
+    """Envoy admin ``/clusters`` text -> the hosts ``cluster`` has connected to and how many connections each got
+    (for an ORIGINAL_DST cluster: the original destinations of the captured connections)."""
+    out: dict[str, int] = {}
+    for line in clusters_text.splitlines():
+        parts = line.split("::")
+        if len(parts) == 4 and parts[0] == cluster and parts[2] == "cx_total":
+            out[parts[1]] = int(parts[3])
+    return out
+
+
 def parse_stats(text: str) -> dict[str, int]:
     """Envoy admin ``/stats`` text -> counters and gauges (histogram lines are skipped)."""
     out: dict[str, int] = {}

@@ -8,7 +8,7 @@ the documents back in order. Everything else passes through unchanged. As in Ist
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,18 +105,3 @@ def _inject_pod(
         return inject(req).pod
     except Refused as e:
         raise Refused(f"{label}: {e}") from e
-
-
-def iter_pods(obj: Any) -> Iterator[dict[str, Any]]:
-    """Every pod or pod template in a loaded manifest (for tests and validation)."""
-    if not isinstance(obj, dict):
-        return
-    if obj.get("kind") == "Pod":
-        yield obj
-    for item in obj.get("items") or [] if isinstance(obj.get("items"), list) else []:
-        yield from iter_pods(item)
-    path = POD_TEMPLATES.get(str(obj.get("kind")))
-    if path:
-        _, template = _walk(obj, path)
-        if template is not None:
-            yield template

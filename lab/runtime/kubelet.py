@@ -165,12 +165,7 @@ class PodmanPod:
         return traffic.parse_stats(self.admin("/stats"))
 
     def upstream_hosts(self, cluster: str) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for line in self.admin("/clusters").splitlines():
-            parts = line.split("::")
-            if len(parts) == 4 and parts[0] == cluster and parts[2] == "cx_total":
-                out[parts[1]] = int(parts[3])
-        return out
+        return traffic.upstream_hosts(self.admin("/clusters"), cluster)
 
     def rules(self, backend: str) -> str:
         """The pod's nat rules as the node would list them with ``backend`` (legacy, nft, native-nft)."""
