@@ -18,9 +18,11 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lab.runtime import podman
 from lab.runtime.podman import Opts
+from lab.shell import console_script
 
 pytestmark = [pytest.mark.requires_podman, pytest.mark.timeout(3600)]
 
@@ -118,6 +120,30 @@ def test_netinit_image_carries_netinit_and_its_tools_only(built: podman.Built) -
     assert "netinit" in words and not {"sidecar-injector", "pip", "pip3"} & set(words), words
     # apt-get clean and no lists (a lock file may stay)
     assert not [w for w in words if w.endswith((".deb", "_Packages", "Release"))], words
+
+
+def test_verify_from_pod_works_inside_the_init_image(built: podman.Built, tmp_path: Path) -> None:
+    """`netinit verify --from-pod` in the image that carries only netinit (no injector, no PyYAML needed for JSON):
+    the injected pod's istio-init args against a rules dump made from the same plan."""
+    manifest = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: a}]}\n"
+    pod = subprocess.run([*console_script("sidecar-injector"), "kube-inject", "-f", "-"], input=manifest,
+                         capture_output=True, text=True, check=True, timeout=60).stdout  # fmt: skip
+    (tmp_path / "pod.json").write_text(json.dumps(yaml.safe_load(pod)))
+    args = next(c for c in yaml.safe_load(pod)["spec"]["initContainers"] if c["name"] == "istio-init")["args"]
+    dump = podman.run(built.images["netinit"], *args, "--dry-run", opts=Opts(extra=("--network", "none")))
+    assert dump.returncode == 0, dump.stderr
+    # --dry-run prints the restore payload for an empty namespace: as a rules file it is exactly the plan.
+    rules = "\n".join(line for line in dump.stdout.splitlines() if not line.startswith("# "))
+    (tmp_path / "rules.txt").write_text(rules.strip() + "\n")
+    opts = Opts(volumes=(f"{tmp_path}:/in:ro",), extra=("--network", "none"))
+    ok = podman.run(built.images["netinit"], "verify", "--from-pod", "/in/pod.json", "--rules-file", "/in/rules.txt",
+                    opts=opts)  # fmt: skip
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    plain = tmp_path / "plain.json"
+    plain.write_text(json.dumps({"kind": "Pod", "metadata": {"name": "x"}, "spec": {"containers": [{"name": "a"}]}}))
+    refused = podman.run(built.images["netinit"], "verify", "--from-pod", "/in/plain.json", "--rules-file",
+                         "/in/rules.txt", opts=opts)  # fmt: skip
+    assert refused.returncode == 2 and "kube-inject" in refused.stderr, refused.stderr
 
 
 def test_netinit_bytecode_is_current(built: podman.Built) -> None:
