@@ -161,10 +161,10 @@ def _remove_native_capture(runner: Runner, reconcile: bool) -> list[Step]:
     """Before an iptables apply: native nftables capture of ours is refused, or (``--reconcile``) removed."""
     from netinit.apply import stacking
 
-    nft_path = find_tool("nft")
-    tables = stacking.native_tables(runner, nft_path)
+    tables = stacking.native_tables()
     if not tables:
         return []
+    nft_path = find_tool("nft")
     names = ", ".join(f"table inet {t}" for t in tables)
     if not reconcile:
         raise stacking.refuse(f"native nftables rules of ours ({names})", "netinit --native-nftables --cleanup-only")

@@ -79,38 +79,57 @@ _NLMSG_DONE = 3
 _NLMSG_ERROR = 2
 _IFA_ADDRESS = 1
 _IFA_LOCAL = 2
+_NETLINK_NETFILTER = 12
+_NFT_MSG_GETTABLE = (10 << 8) | 1  # NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETTABLE
+_NFTA_TABLE_NAME = 1
+NFPROTO_INET = 1
+
+
+def _dump(protocol: int, msg_type: int, header: bytes) -> Iterator[tuple[bytes, dict[int, bytes]]]:
+    """One netlink dump: each answer's fixed header (as long as the request's) and its attributes by type. The
+    standard library is enough, and a netlink round trip costs far less than starting ``ip`` or ``nft``."""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol) as s:
+        s.sendto(struct.pack("=LHHLL", 16 + len(header), msg_type, _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0) + header, (0, 0))
+        while True:
+            data = s.recv(65536)
+            off = 0
+            while off + 16 <= len(data):
+                length, typ, _flags, _seq, _pid = struct.unpack_from("=LHHLL", data, off)
+                if typ in (_NLMSG_DONE, _NLMSG_ERROR) or length < 16:
+                    return
+                fixed = data[off + 16 : off + 16 + len(header)]
+                attrs: dict[int, bytes] = {}
+                attr_off = off + 16 + len(header)
+                while attr_off + 4 <= off + length:
+                    alen, atype = struct.unpack_from("=HH", data, attr_off)
+                    if alen < 4:
+                        break
+                    attrs.setdefault(atype & 0x3FFF, data[attr_off + 4 : attr_off + alen])
+                    attr_off += (alen + 3) & ~3
+                yield fixed, attrs
+                off += (length + 3) & ~3
 
 
 def addresses() -> Iterator[ipaddress.IPv4Address | ipaddress.IPv6Address]:
     """Every address of the current network namespace (IPv4 first, as the kernel dumps them)."""
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as s:
-        for family in (socket.AF_INET, socket.AF_INET6):
-            req = struct.pack("=LHHLL", 16 + 8, _RTM_GETADDR, _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0)
-            req += struct.pack("=BBBBI", family, 0, 0, 0, 0)
-            s.sendto(req, (0, 0))
-            done = False
-            while not done:
-                data = s.recv(65536)
-                off = 0
-                while off + 16 <= len(data):
-                    length, typ, _flags, _seq, _pid = struct.unpack_from("=LHHLL", data, off)
-                    if typ == _NLMSG_DONE or typ == _NLMSG_ERROR or length < 16:
-                        done = True
-                        break
-                    fam = data[off + 16]
-                    attr_off = off + 16 + 8
-                    found = None
-                    while attr_off + 4 <= off + length:
-                        alen, atype = struct.unpack_from("=HH", data, attr_off)
-                        if alen < 4:
-                            break
-                        payload = data[attr_off + 4 : attr_off + alen]
-                        if atype in (_IFA_LOCAL, _IFA_ADDRESS) and (found is None or atype == _IFA_LOCAL):
-                            found = payload
-                        attr_off += (alen + 3) & ~3
-                    if found is not None:
-                        yield ipaddress.ip_address(found) if fam == socket.AF_INET6 else ipaddress.IPv4Address(found)
-                    off += (length + 3) & ~3
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for fixed, attrs in _dump(socket.NETLINK_ROUTE, _RTM_GETADDR, struct.pack("=BBBBI", family, 0, 0, 0, 0)):
+            found = attrs.get(_IFA_LOCAL, attrs.get(_IFA_ADDRESS))
+            if found is not None:
+                yield ipaddress.ip_address(found) if fixed[0] == socket.AF_INET6 else ipaddress.IPv4Address(found)
+
+
+def nft_tables(family: int = NFPROTO_INET) -> list[str]:
+    """The nftables tables of ``family`` in the current namespace, read over netlink (what ``nft list tables
+    inet`` prints, without starting nft: this runs on every apply). Empty where the kernel has no nf_tables."""
+    try:
+        return [
+            attrs[_NFTA_TABLE_NAME].rstrip(b"\0").decode()
+            for _fixed, attrs in _dump(_NETLINK_NETFILTER, _NFT_MSG_GETTABLE, struct.pack("=BBH", family, 0, 0))
+            if _NFTA_TABLE_NAME in attrs
+        ]
+    except OSError:
+        return []
 
 
 def global_families() -> tuple[bool, bool]:

@@ -6,6 +6,7 @@ kind in the same transaction (``netinit.apply.steps``).
 
 from __future__ import annotations
 
+from netinit.apply import netns
 from netinit.apply.runner import Runner, find_executable
 from netinit.core.plan import Family
 from netinit.errors import DriftError
@@ -13,16 +14,9 @@ from netinit.errors import DriftError
 NATIVE_PREFIX = "istio-proxy-"
 
 
-def native_tables(runner: Runner, nft: str | None) -> list[str]:
-    """Our ``inet istio-proxy-*`` tables, if the nft CLI is there to list them (without it nothing here can have
-    made them; a failing listing means no nf_tables to hold them)."""
-    if nft is None:
-        return []
-    res = runner.run([nft, "list", "tables", "inet"])
-    if res.returncode != 0:
-        return []
-    names = [line.split()[-1] for line in res.stdout.splitlines() if line.startswith("table inet ")]
-    return [n for n in names if n.startswith(NATIVE_PREFIX)]
+def native_tables() -> list[str]:
+    """Our ``inet istio-proxy-*`` tables in this namespace, read over netlink (no nft process on every apply)."""
+    return [n for n in netns.nft_tables() if n.startswith(NATIVE_PREFIX)]
 
 
 def iptables_capture(runner: Runner) -> list[tuple[str, Family]]:

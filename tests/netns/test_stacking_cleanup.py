@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from lab import netlab
@@ -86,3 +88,15 @@ def test_cleanup_without_the_original_flags_says_what_it_left(netns: str, flavor
     rc, err = run(netns, "--force-iptables-binary", flavor, "--cleanup-only", *full)
     assert rc == 0 and "look like" not in err, err
     assert "eth9" not in netlab.iptables_save(netns, flavor)
+
+
+def test_netlink_table_listing_matches_nft(netns: str) -> None:
+    """The stacking check reads tables over netlink (no nft process per apply): it must see what nft sees."""
+    assert netlab.run_netinit("--network-namespace", netns, "--native-nftables", "-b", "*", "-i", "*").returncode == 0
+    netlab.sh("nft", "add", "table", "inet", "someone-else", ns=netns)
+    listed = sorted(
+        line.split()[-1] for line in netlab.sh("nft", "list", "tables", "inet", ns=netns).stdout.splitlines()
+    )
+    code = "from netinit.apply import netns; print(' '.join(sorted(netns.nft_tables())))"
+    ours = netlab.sh(sys.executable, "-c", code, ns=netns).stdout.split()
+    assert ours == listed and "istio-proxy-nat" in ours
