@@ -18,18 +18,7 @@ from injector.core.inject import inject
 from injector.core.policy import decide
 from injector.core.request import Request, Workload
 from injector.errors import Refused
-
-# kind -> path from the object to its pod template
-POD_TEMPLATES: dict[str, tuple[str, ...]] = {
-    "Deployment": ("spec", "template"),
-    "ReplicaSet": ("spec", "template"),
-    "StatefulSet": ("spec", "template"),
-    "DaemonSet": ("spec", "template"),
-    "Job": ("spec", "template"),
-    "ReplicationController": ("spec", "template"),
-    "DeploymentConfig": ("spec", "template"),  # OpenShift, apps.openshift.io/v1
-    "CronJob": ("spec", "jobTemplate", "spec", "template"),
-}
+from netinit.core.workloads import POD_TEMPLATES
 
 
 @dataclass(frozen=True)

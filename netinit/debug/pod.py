@@ -14,20 +14,11 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from netinit.core.workloads import POD_TEMPLATES
 from netinit.debug.live import read_file
 from netinit.errors import ConfigError
 
 CAPTURE_CONTAINERS = ("istio-init", "istio-validation")  # in order of preference
-# Where a workload keeps its pod template (the same kinds the injector injects).
-POD_TEMPLATES: dict[str, tuple[str, ...]] = {
-    "Deployment": ("spec", "template"),
-    "ReplicaSet": ("spec", "template"),
-    "StatefulSet": ("spec", "template"),
-    "DaemonSet": ("spec", "template"),
-    "Job": ("spec", "template"),
-    "ReplicationController": ("spec", "template"),
-    "CronJob": ("spec", "jobTemplate", "spec", "template"),
-}
 _LOGGING_FLAGS = ("--log_output_level", "--log_as_json")  # istio-iptables' logging flags, not capture flags
 
 

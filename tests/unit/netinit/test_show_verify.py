@@ -333,3 +333,13 @@ def test_plain_flag_form_is_untouched_and_never_imports_the_debug_commands() -> 
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=60)
     assert "RC 0 MODS []" in p.stderr, p.stderr
     assert p.stdout.startswith("# IPv4: iptables-restore --noflush <<EOF\n*nat\n")
+
+
+def test_from_pod_finds_the_pod_of_every_kind_the_injector_injects() -> None:
+    """One table of workload kinds serves kube-inject and --from-pod (an OpenShift DeploymentConfig's pod was not
+    found by --from-pod while kube-inject injected it)."""
+    from netinit.debug.pod import iter_pods
+
+    pod = {"metadata": {"name": "p"}, "spec": {"containers": [{"name": "a"}]}}
+    dc = {"apiVersion": "apps.openshift.io/v1", "kind": "DeploymentConfig", "spec": {"template": pod}}
+    assert list(iter_pods(dc)) == [pod]
