@@ -14,8 +14,8 @@ demo-runtime: bootstrap
 	$(PY) -m lab.demo --runtime podman
 
 lint: bootstrap
-	$(PY) -m ruff check netinit injector lab tests bench
-	$(PY) -m ruff format --check netinit injector lab tests bench
+	$(PY) -m ruff check netinit netinit_cni injector lab tests bench
+	$(PY) -m ruff format --check netinit netinit_cni injector lab tests bench
 	.venv/bin/lint-imports
 
 typecheck: bootstrap

@@ -18,6 +18,7 @@ import yaml
 from injector.core.config import deep_merge
 from injector.errors import AnnotationError
 from netinit.core import values as capture
+from netinit.core.values import go_bool
 from netinit.errors import InvalidValue
 
 # --- names ------------------------------------------------------------------------------------------------------
@@ -192,16 +193,6 @@ def _quantity(name: str, value: str) -> str:
     if not _QUANTITY.match(value.strip()):
         raise AnnotationError(name, value, "not a Kubernetes quantity (e.g. 100m, 0.5, 128Mi, 1G)")
     return value.strip()
-
-
-def go_bool(value: str) -> bool | None:
-    """Go's strconv.ParseBool, which Istio uses for boolean annotations; None when it would fail."""
-    v = value.strip()
-    if v in ("1", "t", "T", "true", "TRUE", "True"):
-        return True
-    if v in ("0", "f", "F", "false", "FALSE", "False"):
-        return False
-    return None
 
 
 def _bool(name: str, value: str) -> bool:

@@ -11,7 +11,8 @@ import json
 import re
 from typing import Any
 
-from injector.core.annotations import PROMETHEUS_PATH, PROMETHEUS_PORT, PROMETHEUS_SCRAPE, go_bool
+from injector.core.annotations import PROMETHEUS_PATH, PROMETHEUS_PORT, PROMETHEUS_SCRAPE
+from netinit.core.values import go_bool
 
 ENV_NAME = "ISTIO_PROMETHEUS_ANNOTATIONS"
 MERGED_PATH = "/stats/prometheus"

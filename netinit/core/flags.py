@@ -11,6 +11,7 @@ import argparse
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple, NoReturn
 
+from netinit.core.values import GO_FALSE, GO_TRUE
 from netinit.errors import ConfigError
 
 # (dest, short, long, env, help)
@@ -256,17 +257,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-_GO_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
-_GO_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
-
-
 def _env_bool(env: Mapping[str, str], name: str) -> bool | None:
     raw = env.get(name)
     if raw is None or raw == "":
         return None
-    if raw in _GO_TRUE:
+    if raw in GO_TRUE:
         return True
-    if raw in _GO_FALSE:
+    if raw in GO_FALSE:
         return False
     raise ConfigError(f"netinit: invalid value for env {name}: {raw!r} (expected true or false)")
 
@@ -285,9 +282,9 @@ def _go_bools(argv: Sequence[str]) -> tuple[list[str], dict[str, bool]]:
             break
         name, eq, value = arg.partition("=")
         if eq and name in _BOOL_LONG:
-            if value in _GO_TRUE:
+            if value in GO_TRUE:
                 out.append(name)
-            elif value in _GO_FALSE:
+            elif value in GO_FALSE:
                 given[_BOOL_LONG[name]] = False
             else:
                 raise ConfigError(f"netinit: invalid value for {name}: {value!r} (expected true or false)")

@@ -17,6 +17,16 @@ from collections.abc import Mapping
 
 from netinit.errors import InvalidValue
 
+GO_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+GO_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
+
+
+def go_bool(value: str) -> bool | None:
+    """Go's strconv.ParseBool, which istio-iptables' flags and Istio's boolean annotations use; None when it fails."""
+    v = value.strip()
+    return True if v in GO_TRUE else False if v in GO_FALSE else None
+
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 WILDCARD = "*"
 

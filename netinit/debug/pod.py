@@ -14,12 +14,9 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from netinit.core.workloads import POD_TEMPLATES
+from netinit.core.workloads import POD_TEMPLATES, capture_container, container_capture_args
 from netinit.debug.live import read_file
 from netinit.errors import ConfigError
-
-CAPTURE_CONTAINERS = ("istio-init", "istio-validation")  # in order of preference
-_LOGGING_FLAGS = ("--log_output_level", "--log_as_json")  # istio-iptables' logging flags, not capture flags
 
 
 def load_manifest(text: str, path: str) -> list[Any]:
@@ -57,21 +54,6 @@ def iter_pods(obj: Any) -> Iterator[Mapping[str, Any]]:
         yield node
 
 
-def capture_container(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The container that runs netinit/istio-iptables: ``istio-init``, else ``istio-validation``."""
-    spec = pod.get("spec")
-    spec = spec if isinstance(spec, dict) else {}
-    containers: list[Mapping[str, Any]] = []
-    for key in ("initContainers", "containers"):
-        listed = spec.get(key)
-        containers += [c for c in listed if isinstance(c, dict)] if isinstance(listed, list) else []
-    for name in CAPTURE_CONTAINERS:
-        for c in containers:
-            if c.get("name") == name:
-                return c
-    return None
-
-
 def pod_capture_args(path: str) -> tuple[list[str], dict[str, str], list[str]]:
     """An injected pod manifest -> its istio-init's capture flags, env, and notes for the output."""
     pods = [p for d in load_manifest(read_file(path), path) for p in iter_pods(d)]
@@ -85,14 +67,5 @@ def pod_capture_args(path: str) -> tuple[list[str], dict[str, str], list[str]]:
             f"Pass the injected pod: the live one (kubectl get pod NAME -o json), or "
             f"sidecar-injector kube-inject -f {path}"
         )
-    if init.get("name") != CAPTURE_CONTAINERS[0]:
-        notes.append(f"flags from the {init.get('name')} container (the pod has no istio-init)")
-    args = [str(a) for a in [*(init.get("command") or [])[1:], *(init.get("args") or [])]]
-    while args and not args[0].startswith("-"):
-        args.pop(0)  # istio-iptables / netinit program names
-    dropped = [a for a in args if a.startswith(_LOGGING_FLAGS)]
-    if dropped:
-        notes.append(f"ignored logging flags netinit does not take: {' '.join(dropped)}")
-    args = [a for a in args if a not in dropped]
-    env = {str(e["name"]): str(e["value"]) for e in init.get("env") or [] if "name" in e and "value" in e}
-    return args, env, notes
+    args, env, more = container_capture_args(init)
+    return args, env, notes + more

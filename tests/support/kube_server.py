@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import jsonpatch
 
@@ -29,6 +29,7 @@ ADMISSION = "admissionregistration.k8s.io"
 _SECRETS = re.compile(r"/api/v1/namespaces/(?P<ns>[^/]+)/secrets")
 _SECRET = re.compile(r"/api/v1/namespaces/(?P<ns>[^/]+)/secrets/(?P<name>[^/]+)")
 _POD = re.compile(r"/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<name>[^/]+)")
+_ALL_PODS = "/api/v1/pods"
 # Discovery, as kubectl reads it before `kubectl get pod` (the core group only: pods, secrets).
 _DISCOVERY: dict[str, dict[str, Any]] = {
     "/api": {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []},
@@ -108,6 +109,7 @@ class FakeKube:
     def __init__(self) -> None:
         self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
         self.pods: dict[tuple[str, str], dict[str, Any]] = {}
+        self.deleted_pods: list[tuple[str, str]] = []
         self.mwcs: dict[str, dict[str, Any]] = {}
         self.requests: list[Request] = []
         self.race: dict[str, dict[str, bytes]] = {}
@@ -203,12 +205,16 @@ class FakeKube:
 
     # --- server side -----------------------------------------------------------------------------------------
 
-    def handle(self, method: str, path: str, content_type: str, body: Any) -> tuple[int, dict[str, Any]]:
+    def handle(
+        self, method: str, path: str, content_type: str, body: Any, query: str = ""
+    ) -> tuple[int, dict[str, Any]]:
         with self._lock:
             try:
                 if self.outage:  # an API server in trouble: the next requests fail with these codes
                     code = self.outage.pop(0)
                     raise _Failure(code, f"injected failure {code}", "InternalError" if code >= 500 else None)
+                if path == _ALL_PODS and method == "GET":
+                    return 200, self._list_pods(query)
                 return self._route(method, path, content_type, body)
             except _Failure as f:
                 return f.code, f.status()
@@ -230,10 +236,12 @@ class FakeKube:
             }
         if path in _DISCOVERY and method == "GET":
             return 200, _DISCOVERY[path]
-        if (m := _POD.fullmatch(path)) and method == "GET":
+        if (m := _POD.fullmatch(path)) and method in ("GET", "DELETE"):
             pod = self.pods.get((m["ns"], m["name"]))
             if pod is None:
                 raise _Failure(404, f'pods "{m["name"]}" not found', "NotFound", name=m["name"], kind="pods")
+            if method == "DELETE":
+                return self._delete_pod(m["ns"], m["name"], pod, body)
             return 200, pod
         if m := _SECRETS.fullmatch(path):
             if method == "GET":
@@ -272,6 +280,24 @@ class FakeKube:
             f'{verb} resource "mutatingwebhookconfigurations" in API group "{ADMISSION}" at the cluster scope'
         )
         return _Failure(403, msg, name=m["name"], group=ADMISSION, kind="mutatingwebhookconfigurations")
+
+    def _list_pods(self, query: str) -> dict[str, Any]:
+        """``GET /api/v1/pods?fieldSelector=spec.nodeName=NODE`` (the only selector the agent sends)."""
+        selector = dict(parse_qsl(query)).get("fieldSelector", "")
+        key, _, node = selector.partition("=")
+        if selector and key != "spec.nodeName":
+            raise _Failure(400, f'field label not supported: "{key}"', "BadRequest")
+        items = [p for _, p in sorted(self.pods.items()) if not selector or p.get("spec", {}).get("nodeName") == node]
+        return {"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "1"}, "items": items}
+
+    def _delete_pod(self, ns: str, name: str, pod: dict[str, Any], body: Any) -> tuple[int, dict[str, Any]]:
+        want = ((body or {}).get("preconditions") or {}).get("uid") if isinstance(body, dict) else None
+        if want and want != pod["metadata"].get("uid"):
+            raise _Failure(409, f"Precondition failed: UID in precondition: {want}, UID in object meta: "
+                           f"{pod['metadata'].get('uid')}", "Conflict", name=name, kind="pods")  # fmt: skip
+        del self.pods[(ns, name)]
+        self.deleted_pods.append((ns, name))
+        return 200, pod
 
     @staticmethod
     def _require_json(content_type: str, body: Any) -> dict[str, Any]:
@@ -426,7 +452,8 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         content_type = self.headers.get("Content-Type", "")
-        path = urlsplit(self.path).path
+        url = urlsplit(self.path)
+        path = url.path
         try:
             body = json.loads(raw) if raw else None
         except ValueError:
@@ -435,7 +462,7 @@ class _Handler(BaseHTTPRequestHandler):
         if raw and not isinstance(body, dict | list):
             code, doc = 400, _Failure(400, "the request body is not valid JSON").status()
         else:
-            code, doc = fake.handle(self.command, path, content_type, body)
+            code, doc = fake.handle(self.command, path, content_type, body, url.query)
         out = json.dumps(doc).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
