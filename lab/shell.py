@@ -48,7 +48,7 @@ def console_script(name: str) -> list[str]:
     script = Path(sys.executable).parent / name
     if script.exists():
         return [str(script)]
-    module = {"sidecar-injector": "injector", "netinit": "netinit"}[name]
+    module = {"sidecar-injector": "injector", "netinit": "netinit", "netinit-cni": "netinit_cni"}[name]
     return [sys.executable, "-m", module]
 
 

@@ -15,6 +15,10 @@ command -v setpriv >/dev/null 2>&1 || need_pkgs+=(util-linux)
 command -v podman >/dev/null 2>&1 || need_pkgs+=(podman)
 command -v runc >/dev/null 2>&1 || need_pkgs+=(runc)
 command -v mmdebstrap >/dev/null 2>&1 || need_pkgs+=(mmdebstrap)
+# CNI mode: the plugin is a static C binary (gcc + libc.a), run by podman's CNI backend with Debian's plugins
+command -v cc >/dev/null 2>&1 || need_pkgs+=(gcc)
+[ -e /usr/lib/x86_64-linux-gnu/libc.a ] || [ -e /usr/lib/aarch64-linux-gnu/libc.a ] || need_pkgs+=(libc6-dev)
+[ -x /usr/lib/cni/bridge ] || need_pkgs+=(containernetworking-plugins)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "bootstrap: need root to install: ${need_pkgs[*]}" >&2; exit 1

@@ -30,6 +30,7 @@ back), preStop hooks run only with ``run_pre_stop``, probes are polled rather th
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import secrets
 import shutil
@@ -346,15 +347,21 @@ def run_pod(
     hook_timeout: float = 60.0,
     run_pre_stop: bool = False,
     progress: Progress | None = None,
+    sandbox_name: str | None = None,
+    node_ip: str | None = None,
 ) -> Iterator[PodmanPod]:
-    """Run ``pod`` (as admitted) with podman and yield it once every container is ready; always torn down."""
+    """Run ``pod`` (as admitted) with podman and yield it once every container is ready; always torn down.
+    ``sandbox_name``: podman's name for the pod (a CNI plugin sees it as ``K8S_POD_NAME``); ``node_ip``: the
+    host's address on the pods' network, when that is not podman's default bridge."""
     if node_iptables is not None and node_iptables not in BACKEND_ARGS:
         raise ValueError(f"node_iptables must be one of {', '.join(BACKEND_ARGS)}, got {node_iptables!r}")
     node = node_facts()
+    if node_ip is not None:
+        node = dataclasses.replace(node, ip=node_ip)
     maps, secs = dict(config_maps or {}), dict(secrets or {})
     check(pod, node, maps, secs)
     meta = pod.get("metadata") or {}
-    name = f"rt-{str(meta.get('name', 'pod'))[:40]}-{secrets_token()}"
+    name = sandbox_name or f"rt-{str(meta.get('name', 'pod'))[:40]}-{secrets_token()}"
     workdir = Path(tempfile.mkdtemp(prefix=f"{name}-"))
     running = PodmanPod(
         dict(pod),

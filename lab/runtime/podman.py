@@ -45,8 +45,27 @@ def missing() -> str | None:
     return None
 
 
-@functools.cache
+_OVERRIDES: list[Mapping[str, str]] = []
+
+
 def engine_env() -> Mapping[str, str]:
+    """The environment podman runs with: :func:`base_env`, or what :func:`using` set for the block."""
+    return _OVERRIDES[-1] if _OVERRIDES else base_env()
+
+
+@contextmanager
+def using(env: Mapping[str, str]) -> Iterator[None]:
+    """Run every podman command of the block with ``env`` (a second engine setup: the CNI node's own store and
+    network backend, lab.runtime.cni_node), then go back."""
+    _OVERRIDES.append(env)
+    try:
+        yield
+    finally:
+        _OVERRIDES.remove(env)
+
+
+@functools.cache
+def base_env() -> Mapping[str, str]:
     """``os.environ`` plus what scripts/podman-env.sh exports (CONTAINER_ENGINE, CONTAINERS_CONF)."""
     proc = subprocess.run(["bash", str(ENV_SCRIPT)], capture_output=True, text=True, timeout=30, check=False, cwd=ROOT)
     if proc.returncode != 0:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,11 +62,16 @@ def deployment_pod(docs: list[dict[str, Any]], image: str) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
 
 
-def config_map(docs: list[dict[str, Any]], images: dict[str, str]) -> dict[str, str]:
-    """The overlay's ConfigMap data, with the proxy and init images set to the locally built ones."""
+def config_map(
+    docs: list[dict[str, Any]], images: dict[str, str], values_override: Mapping[str, Any] | None = None
+) -> dict[str, str]:
+    """The overlay's ConfigMap data, with the proxy and init images set to the locally built ones (and
+    ``values_override`` merged into its values, e.g. ``pilot.cni.enabled``)."""
+    from injector.core.config import deep_merge
+
     cm = next(d for d in docs if d.get("kind") == "ConfigMap" and d["metadata"]["name"] == "sidecar-injector-config")
     data = {str(k): str(v) for k, v in cm["data"].items()}
-    values = yaml.safe_load(data.get("values.yaml", "")) or {}
+    values = deep_merge(yaml.safe_load(data.get("values.yaml", "")) or {}, values_override or {})
     glob = values.setdefault("global", {})
     glob.setdefault("envoy", {})["image"] = images["envoy"]
     glob.setdefault("proxy_init", {})["image"] = images["netinit"]
@@ -77,9 +83,12 @@ class WebhookContainer(WebhookProcess):
     """``sidecar-injector serve`` in its own podman pod, under the Deployment's securityContext; a context
     manager like :class:`WebhookProcess` (``review``, ``get``, ``metric`` work the same, over the bridge)."""
 
-    def __init__(self, images: dict[str, str], *, ready_timeout: float = 90.0) -> None:
+    def __init__(
+        self, images: dict[str, str], *, ready_timeout: float = 90.0, values: Mapping[str, Any] | None = None
+    ) -> None:
         super().__init__(service="sidecar-injector", namespace="sidecar-injector")
         self.images = dict(images)
+        self.values = dict(values or {})
         self.ready_timeout = ready_timeout
         self._stack = contextlib.ExitStack()
         self.pod: kubelet.PodmanPod | None = None
@@ -108,7 +117,7 @@ class WebhookContainer(WebhookProcess):
         self.pod = self._stack.enter_context(
             kubelet.run_pod(
                 pod,
-                config_maps={"sidecar-injector-config": config_map(docs, self.images)},
+                config_maps={"sidecar-injector-config": config_map(docs, self.images, self.values)},
                 secrets={"sidecar-injector-tls": secret},
                 ready_timeout=self.ready_timeout,
             )

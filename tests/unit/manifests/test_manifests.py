@@ -615,7 +615,8 @@ def test_dockerfile_hygiene(name: str) -> None:
             # in the same layer, or the lists stay in the image
             assert "rm -rf /var/lib/apt/lists/*" in args, f"{name}: apt lists not cleaned: {args}"
             assert "apt-get install" in args
-    assert len([w for w, _ in ins if w == "FROM"]) == 2, f"{name}: multi-stage (builder + runtime)"
+    # multi-stage: builder + runtime; the init image also compiles the CNI plugin in a stage of its own
+    assert len([w for w, _ in ins if w == "FROM"]) == (3 if name == "Dockerfile.init" else 2), name
 
 
 def test_injector_image() -> None:
@@ -629,12 +630,16 @@ def test_injector_image() -> None:
 
 
 def test_init_image() -> None:
-    builder, final = stages(ROOT / "Dockerfile.init")
+    shim, builder, final = stages(ROOT / "Dockerfile.init")
     run = " ".join(a for w, a in builder if w == "RUN")
     assert re.search(r"pip install --no-cache-dir (--no-compile )?--no-deps /wheels/sidecar_injector-", run)
-    # the wheel is built from netinit/ alone: no webhook code in the init image
+    # the wheel is built from netinit/ and netinit_cni/ alone: no webhook code in the init image
     copied = {a.split()[0] for w, a in builder if w == "COPY"}
-    assert "netinit" in copied and "injector" not in copied
+    assert {"netinit", "netinit_cni"} <= copied and "injector" not in copied
+    # the CNI plugin is compiled static in its own stage; only the binary reaches the image (no compiler)
+    assert any(w == "RUN" and "gcc -static" in a for w, a in shim)
+    assert ("COPY", "--from=shim /netinit-cni /usr/local/lib/netinit-cni/netinit-cni") in final
+    assert not any("gcc" in a for w, a in final if w == "RUN")
     # TPROXY routes need pyroute2: the same requirement as pyproject.toml
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     pyroute2 = next(d for d in deps if d.startswith("pyroute2"))
