@@ -31,7 +31,7 @@ def test_readme_layout_names_every_module() -> None:
     layout = _layout()
     for folder in layout:
         assert (ROOT / folder).exists(), f"README's layout lists {folder}, which does not exist"
-    for pkg in ("netinit", "injector", "lab"):
+    for pkg in ("netinit", "netinit_cni", "injector", "lab"):
         for module in (ROOT / pkg).rglob("*.py"):
             if module.name == "__init__.py":
                 continue
@@ -42,8 +42,8 @@ def test_readme_layout_names_every_module() -> None:
             )
 
 
-_PATH = re.compile(r"`((?:netinit|injector|lab|tests|bench|docs|manifests|scripts)/[A-Za-z0-9_./-]*)`")
-_MODULE = re.compile(r"`((?:netinit|injector|lab)(?:\.[a-z_]+)+)`")
+_PATH = re.compile(r"`((?:netinit|netinit_cni|injector|lab|tests|bench|docs|manifests|scripts)/[A-Za-z0-9_./-]*)`")
+_MODULE = re.compile(r"`((?:netinit_cni|netinit|injector|lab)(?:\.[a-z_]+)+)`")
 
 
 def _importable(dotted: str) -> bool:
