@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -38,6 +39,17 @@ NETWORK = "sidecar-cni-lab"
 BRIDGE = "hcni77"
 SUBNET, GATEWAY = "10.91.77.0/24", "10.91.77.1"
 MAIN_STORE = "/var/lib/containers/storage"
+AGENT_RUN = "/run/netinit-cni"  # the DaemonSet's hostPath for the plugin's socket: the path its config names
+CNI_OVERLAY = Path(__file__).resolve().parents[2] / "manifests" / "overlays" / "cni"
+
+
+def daemonset_container() -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The agent's container and the pod's volumes (by name) from ``kubectl kustomize manifests/overlays/cni``."""
+    from lab.runtime.webhook import rendered_overlay
+
+    ds = next(d for d in rendered_overlay(CNI_OVERLAY) if d.get("kind") == "DaemonSet")
+    spec = ds["spec"]["template"]["spec"]
+    return dict(spec["containers"][0]), {v["name"]: v for v in spec["volumes"]}
 
 
 @dataclass
@@ -47,8 +59,10 @@ class CniNode:
     kube_url: str
     backend: str
     socket: str
+    image: str | None = None  # the agent as the DaemonSet runs it (this image), else a host process
     health_port: int = field(default_factory=free_port)
     agent: subprocess.Popen[bytes] | None = None
+    container: str | None = None
     log_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -63,27 +77,70 @@ class CniNode:
         return self.workdir / "bin"
 
     def start_agent(self, *, repair: bool = False) -> None:
-        if self.agent is not None:
+        if self.agent is not None or self.container is not None:
             raise LabError("the agent is already running")
-        argv = [*console_script("netinit-cni"), "agent", "--socket", self.socket, "--kube-url", self.kube_url,
-                "--state-dir", str(self.workdir / "pods"), "--backend", self.backend, "--node", "lab-node",
-                "--health-port", str(self.health_port), "--no-install", "--repair-interval", "0.5",
-                *([] if repair else ["--no-repair"])]  # fmt: skip
-        log = self.log_path.open("ab")
-        self.agent = subprocess.Popen(argv, stdout=log, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        log.close()
-        deadline = time.monotonic() + 20
+        if self.image is not None:
+            self._start_container(repair)
+        else:
+            argv = [*console_script("netinit-cni"), "agent", "--socket", self.socket, "--kube-url", self.kube_url,
+                    "--state-dir", str(self.workdir / "pods"), "--backend", self.backend, "--node", "lab-node",
+                    "--health-port", str(self.health_port), "--no-install", "--repair-interval", "0.5",
+                    *([] if repair else ["--no-repair"])]  # fmt: skip
+            log = self.log_path.open("ab")
+            self.agent = subprocess.Popen(argv, stdout=log, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            log.close()
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            if self.agent.poll() is not None:
+            if self.agent is not None and self.agent.poll() is not None:
                 raise LabError(f"netinit-cni agent exited {self.agent.returncode}:\n{self.log_path.read_text()}")
             with contextlib.suppress(OSError):
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/readyz", timeout=1) as r:
                     if r.status == 200 and os.path.exists(self.socket):
                         return
             time.sleep(0.1)
-        raise LabError(f"netinit-cni agent not ready in 20s:\n{self.log_path.read_text()}")
+        raise LabError(f"netinit-cni agent not ready in 30s:\n{self._container_logs()}{self.log_path.read_text()}")
+
+    def _start_container(self, repair: bool) -> None:
+        """The DaemonSet's container as the overlay renders it, run by podman: its args, securityContext and
+        hostPath volumes, mapped onto this lab node's directories; the API server is the in-test one (the lab has
+        no service-account token to mount)."""
+        assert self.image is not None
+        c, volumes = daemonset_container()
+        env = {"NODE_NAME": "lab-node", "HOST_IP": "127.0.0.1"}
+        args = [re.sub(r"\$\((\w+)\)", lambda m: env[m[1]], str(a)) for a in c["args"]]
+        args += ["--kube-url", self.kube_url, "--backend", self.backend, "--repair-interval", "0.5"]
+        args += [] if repair else ["--no-repair"]
+        sc = c["securityContext"]
+        flags = ["--network", "host", "--user", f"{sc['runAsUser']}:0", "--cap-drop", "ALL"]
+        flags += [f"--cap-add={cap}" for cap in sc["capabilities"]["add"]]
+        if sc.get("readOnlyRootFilesystem"):
+            flags += ["--read-only", "--read-only-tmpfs=false"]
+        if sc.get("allowPrivilegeEscalation") is False:
+            flags += ["--security-opt", "no-new-privileges"]
+        host = {"/opt/cni/bin": self.bin_dir, "/etc/cni/net.d": self.conf_dir, "/var/run/netns": Path("/run/netns"),
+                "/var/run/netinit-cni": Path(AGENT_RUN)}  # fmt: skip
+        for m in sorted(c["volumeMounts"], key=lambda m: m["mountPath"]):
+            vol = volumes[m["name"]]
+            if "emptyDir" in vol:
+                flags += ["--tmpfs", f"{m['mountPath']}:rw,mode=755"]
+            else:
+                source = host[vol["hostPath"]["path"]]
+                source.mkdir(parents=True, exist_ok=True)
+                prop = ",rslave" if m.get("mountPropagation") == "HostToContainer" else ""
+                flags += ["-v", f"{source}:{m['mountPath']}:rw{prop}"]
+        self.container = f"netinit-cni-agent-{os.getpid()}"
+        podman.cli("run", "-d", "--name", self.container, *flags, "--entrypoint", c["command"][0], self.image, *args)
+
+    def _container_logs(self) -> str:
+        return podman.logs(self.container) if self.container else ""
 
     def stop_agent(self) -> None:
+        if self.container is not None:
+            podman.cli("stop", "-t", "5", self.container, check=False, timeout=60)
+            with self.log_path.open("a") as f:
+                f.write(self._container_logs())
+            podman.cli("rm", "-f", self.container, check=False, timeout=60)
+            self.container = None
         if self.agent is None:
             return
         self.agent.send_signal(signal.SIGTERM)
@@ -96,10 +153,9 @@ class CniNode:
 
     def logs(self) -> list[dict[str, Any]]:
         """The agent's JSON log lines so far (one per CNI call, plus its own)."""
-        if not self.log_path.exists():
-            return []
+        text = (self.log_path.read_text() if self.log_path.exists() else "") + self._container_logs()
         out = []
-        for line in self.log_path.read_text().splitlines():
+        for line in text.splitlines():
             with contextlib.suppress(ValueError):
                 doc = json.loads(line)
                 if isinstance(doc, dict):
@@ -149,29 +205,42 @@ def _unmount_below(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def cni_node(kube_url: str, backend: str = "auto", *, agent: bool = True) -> Iterator[CniNode]:
-    """The CNI node for the block, the agent started unless ``agent=False``; always torn down."""
+def cni_node(
+    kube_url: str, backend: str = "auto", *, agent: bool = True, image: str | None = None
+) -> Iterator[CniNode]:
+    """The CNI node for the block, the agent running unless ``agent=False`` (with ``image``: it ran once, installed
+    the plugin, and stopped); always torn down. ``image``: run the
+    agent as the DaemonSet runs it, from that image (its installer then puts the plugin on the node); otherwise
+    a host process, with the plugin installed by the same installer code beforehand."""
     workdir = Path(tempfile.mkdtemp(prefix="cni-node-"))
     for sub in ("bin", "net.d", "tmp", "pods", "ipam"):
         (workdir / sub).mkdir()
-    node = CniNode(workdir, _engine_env(workdir), kube_url, backend, str(workdir / "agent.sock"))
+    socket = f"{AGENT_RUN}/agent.sock" if image else str(workdir / "agent.sock")
+    node = CniNode(workdir, _engine_env(workdir), kube_url, backend, socket, image)
+    if image:
+        node.health_port = int(daemonset_container()[0]["readinessProbe"]["httpGet"]["port"])
     try:
         for name in ("bridge", "host-local", "loopback"):
             os.symlink(f"/usr/lib/cni/{name}", node.bin_dir / name)
         (node.conf_dir / f"10-{NETWORK}.conflist").write_text(json.dumps(_bridge_conflist(workdir / "ipam")))
-        # What the DaemonSet's installer does on a node: the binary into the bin dir, itself last in the chain.
-        install.install_binary(cni.shim_binary(), node.bin_dir)
-        chained = {"type": install.PLUGIN_TYPE, "agentSocket": node.socket, "excludeNamespaces": ["kube-system"]}
-        install.ensure(node.conf_dir, chained)
-        if agent:
-            node.start_agent()
+        if not image:
+            # What the DaemonSet's installer does on a node: the binary into the bin dir, itself last in the chain.
+            install.install_binary(cni.shim_binary(), node.bin_dir)
+            chained = {"type": install.PLUGIN_TYPE, "agentSocket": node.socket, "excludeNamespaces": ["kube-system"]}
+            install.ensure(node.conf_dir, chained)
         with podman.using(node.env):
+            if agent or image:
+                node.start_agent()
+            if not agent:  # installed, then gone (a crash, an upgrade): the plugin stays chained
+                node.stop_agent()
             yield node
     finally:
-        node.stop_agent()
         with podman.using(node.env):
+            node.stop_agent()
             podman.cli("pod", "rm", "-af", "-t", "0", check=False, timeout=120)
             podman.cli("rm", "-af", "-t", "0", check=False, timeout=120)
         _unmount_below(workdir)
+        if image:
+            shutil.rmtree(AGENT_RUN, ignore_errors=True)
         subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False, timeout=30)
         shutil.rmtree(workdir, ignore_errors=True)

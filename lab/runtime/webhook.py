@@ -36,15 +36,15 @@ CONTAINER = "sidecar-injector"
 PORT_NAME = "https-webhook"
 
 
-def rendered_overlay() -> list[dict[str, Any]]:
-    """The file-mode overlay as ``kubectl kustomize`` renders it."""
+def rendered_overlay(overlay: Path = OVERLAY) -> list[dict[str, Any]]:
+    """An overlay (the file-mode one by default) as ``kubectl kustomize`` renders it."""
     if shutil.which("kubectl") is None:
-        raise LabError("kubectl is needed to render manifests/overlays/cert-manager (kubectl kustomize)")
+        raise LabError(f"kubectl is needed to render {overlay.relative_to(REPO)} (kubectl kustomize)")
     proc = subprocess.run(
-        ["kubectl", "kustomize", str(OVERLAY)], capture_output=True, text=True, timeout=60, check=False
+        ["kubectl", "kustomize", str(overlay)], capture_output=True, text=True, timeout=60, check=False
     )
     if proc.returncode != 0:
-        raise LabError(f"kubectl kustomize {OVERLAY}: {proc.stderr.strip()}")
+        raise LabError(f"kubectl kustomize {overlay}: {proc.stderr.strip()}")
     return [d for d in yaml.safe_load_all(proc.stdout) if isinstance(d, dict)]
 
 

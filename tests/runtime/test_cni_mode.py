@@ -1,7 +1,8 @@
 """CNI mode as it ships, with a real container runtime invoking the plugin: podman's CNI backend runs a conflist
 that chains the static ``netinit-cni`` plugin after Debian's ``bridge`` (lab.runtime.cni_node); podman calls it
 with each pod's namespace when it creates the sandbox, before any container of the pod exists; the node agent
-(its own process) reads the pod from the in-test API server and programs the namespace.
+(the DaemonSet's container from manifests/overlays/cni, run by podman with its securityContext and host paths;
+its installer puts the plugin on the node) reads the pod from the in-test API server and programs the namespace.
 
 The pods are admitted by the webhook container with Istio's ``pilot.cni.enabled: true``, so they carry
 ``istio-validation`` (uid 1337, no capabilities) instead of ``istio-init``; the podman kubelet runs them as
@@ -84,7 +85,7 @@ def _calls(node: cni_node.CniNode, outcome: str) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("backend", ["legacy", "nft", "native-nft"])
 def test_an_injected_pod_is_captured_by_the_node_with_no_net_admin_anywhere(
-    backend: str, cni_webhook: WebhookContainer, echo_image: str, outside: int, kube: FakeKube
+    backend: str, built: podman.Built, cni_webhook: WebhookContainer, echo_image: str, outside: int, kube: FakeKube
 ) -> None:
     pod = admit(cni_webhook, make_pod(echo_image, "web"))
     assert [c["name"] for c in pod["spec"]["initContainers"]][:1] == ["istio-validation"]
@@ -95,7 +96,7 @@ def test_an_injected_pod_is_captured_by_the_node_with_no_net_admin_anywhere(
         caps = (c.get("securityContext") or {}).get("capabilities") or {}
         assert not caps.get("add"), (c["name"], caps)
     _store(kube, pod)
-    with cni_node.cni_node(kube.url, backend) as node:
+    with cni_node.cni_node(kube.url, backend, image=built.images["netinit"]) as node:
         with kubelet.run_pod(pod, sandbox_name="shop_web", node_ip=cni_node.GATEWAY) as p:
             added = _calls(node, "captured")
             assert [line["pod"] for line in added] == ["shop/web"], node.logs()
@@ -132,13 +133,13 @@ def test_an_injected_pod_is_captured_by_the_node_with_no_net_admin_anywhere(
 
 
 def test_opted_out_and_kube_system_pods_are_untouched(
-    cni_webhook: WebhookContainer, echo_image: str, kube: FakeKube
+    built: podman.Built, cni_webhook: WebhookContainer, echo_image: str, kube: FakeKube
 ) -> None:
     opted = admit(cni_webhook, make_pod(echo_image, "batch", annotations={"sidecar.istio.io/inject": "false"}),
                   injected=False)  # fmt: skip
     _store(kube, opted)
     system = make_pod(echo_image, "coredns")  # kube-system: the agent must not even ask the API server
-    with cni_node.cni_node(kube.url, "legacy") as node:
+    with cni_node.cni_node(kube.url, "legacy", image=built.images["netinit"]) as node:
         with kubelet.run_pod(opted, sandbox_name="shop_batch", node_ip=cni_node.GATEWAY) as p:
             assert p.get(8080, "/").status == 200 and not _captured(p, "legacy") and not _captured(p, "nft")
         with kubelet.run_pod(system, sandbox_name="kube-system_coredns", node_ip=cni_node.GATEWAY) as p:
@@ -149,12 +150,12 @@ def test_opted_out_and_kube_system_pods_are_untouched(
 
 
 def test_agent_down_then_back_repair_recreates_the_pod(
-    cni_webhook: WebhookContainer, echo_image: str, outside: int, kube: FakeKube
+    built: podman.Built, cni_webhook: WebhookContainer, echo_image: str, outside: int, kube: FakeKube
 ) -> None:
     pod = admit(cni_webhook, make_pod(echo_image, "web"))
     plain = make_pod(echo_image, "plain")
     _store(kube, plain)
-    with cni_node.cni_node(kube.url, "nft", agent=False) as node:
+    with cni_node.cni_node(kube.url, "nft", agent=False, image=built.images["netinit"]) as node:
         # Agent not there: a pod that needs no capture still starts ...
         with kubelet.run_pod(plain, sandbox_name="shop_plain", node_ip=cni_node.GATEWAY) as p:
             assert p.get(8080, "/").status == 200
