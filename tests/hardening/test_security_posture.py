@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import yaml
 
 from injector.certs.kube import ClientKubeApi
 from injector.certs.lifecycle import ensure_serving_cert
-from injector.core.config import load_config
+from injector.core.config import InjectorConfig, deep_merge, load_config
 from injector.core.inject import inject
 from injector.core.request import Request
 from tests.support.kube_server import running
@@ -81,7 +82,10 @@ def test_webhook_deployment_is_restricted(path: str) -> None:
         assert restricted_violations(spec, c) == [], c["name"]
 
 
-def injected_pod(template: str, native: bool, mode: str = "REDIRECT") -> dict[str, Any]:
+CNI_CFG = replace(CFG, values=deep_merge(CFG.values, {"pilot": {"cni": {"enabled": True}}}), cache={})
+
+
+def injected_pod(template: str, native: bool, mode: str = "REDIRECT", config: InjectorConfig = CFG) -> dict[str, Any]:
     annotations = {"inject.istio.io/templates": template, "sidecar.istio.io/interceptionMode": mode}
     pod = {
         "apiVersion": "v1",
@@ -98,7 +102,7 @@ def injected_pod(template: str, native: bool, mode: str = "REDIRECT") -> dict[st
             ],
         },
     }
-    return inject(Request(pod=pod, namespace="ns", config=CFG, native_sidecar="true" if native else "false")).pod
+    return inject(Request(pod=pod, namespace="ns", config=config, native_sidecar="true" if native else "false")).pod
 
 
 @pytest.mark.parametrize("template", ["sidecar", "envoy"])
@@ -118,6 +122,30 @@ def test_injected_proxy_is_restricted_and_only_istio_init_is_privileged(template
         "runAsUser 0",
     ]
     assert not by_name["istio-init"]["securityContext"]["privileged"]
+
+
+@pytest.mark.parametrize("template", ["sidecar", "envoy"])
+@pytest.mark.parametrize("native", [False, True], ids=["legacy", "native"])
+def test_an_injected_pod_in_cni_mode_is_restricted_through_and_through(template: str, native: bool) -> None:
+    """pilot.cni.enabled: istio-validation replaces istio-init, and then every container of the pod passes the
+    restricted checks - on its own settings, not the pod's."""
+    spec = injected_pod(template, native, config=CNI_CFG)["spec"]
+    bare = {**spec, "securityContext": {}}
+    containers = {c["name"]: c for c in [*spec.get("initContainers", []), *spec["containers"]]}
+    assert "istio-init" not in containers
+    validation = containers["istio-validation"]
+    assert (
+        validation["securityContext"]["runAsUser"] == 1337 and validation["securityContext"]["readOnlyRootFilesystem"]
+    )
+    assert validation["args"][-2:] == ["--run-validation", "--skip-rule-apply"]
+    assert restricted_violations(bare, validation) == []
+    assert restricted_violations(bare, containers["istio-proxy"]) == []
+    for c in containers.values():
+        assert restricted_violations(spec, c) == [], c["name"]
+    # the same pod without CNI mode does not pass: the check can fail
+    plain = injected_pod(template, native)["spec"]
+    init = next(c for c in plain["initContainers"] if c["name"] == "istio-init")
+    assert restricted_violations(plain, init)
 
 
 def test_tproxy_proxy_needs_net_admin_documented_exception() -> None:

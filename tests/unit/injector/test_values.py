@@ -31,6 +31,7 @@ TEMPLATES = ("sidecar", "envoy")
 # (None: the output must just differ).
 VALUES: dict[str, tuple[Any, str | None]] = {
     "revision": ("canary", "canary"),
+    "pilot.cni.enabled": (True, "istio-validation"),
     "global.hub": ("registry.example/istio", "registry.example/istio/proxyv2"),
     "global.tag": ("1.28.9", "proxyv2:1.28.9"),
     "global.imagePullPolicy": ("Always", '"imagePullPolicy": "Always"'),
