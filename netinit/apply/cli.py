@@ -75,7 +75,10 @@ def run(argv: Sequence[str], env: Mapping[str, str], runner: Runner) -> int:
 
         from netinit.apply import lock
 
-        held = lock.acquire()  # one netinit per namespace from snapshot to the end of the apply
+        # One netinit per namespace from snapshot to the end of the apply; a validation-only run (istio-validation,
+        # unprivileged) touches nothing, so it takes no lock (and could not create one).
+        validation_only = opts.skip_rule_apply and not opts.cleanup_only
+        held = None if validation_only else lock.acquire()
         try:
             _act(cfg, opts, ruleset, runner, nft_tables)
         finally:
@@ -131,7 +134,7 @@ def _act(
         from netinit.apply.validate import validate
 
         if validate(cfg, _log, opts.probe_port, opts.probe_timeout):
-            _log("validation passed: capture and proxy bypass work")
+            _log("validation passed")
 
 
 def _post_apply_steps(cfg: CaptureConfig, runner: Runner) -> list[Step]:

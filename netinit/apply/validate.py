@@ -91,15 +91,33 @@ def route_error(fam: Family, dst: str) -> str | None:
     return None
 
 
+_CAP_SETGID, _CAP_SETUID = 6, 7
+
+
+def can_switch_uid() -> bool:
+    """Whether this process may setuid/setgid (root in an init container; not istio-validation's uid 1337)."""
+    try:
+        for line in open("/proc/self/status").read().splitlines():
+            if line.startswith("CapEff:"):
+                caps = int(line.split()[1], 16)
+                return bool(caps >> _CAP_SETUID & 1 and caps >> _CAP_SETGID & 1)
+    except (OSError, ValueError):
+        pass
+    return os.geteuid() == 0
+
+
 def _connect_as(uid: int, gid: int, fam: Family, dst: tuple[str, int], src: str | None, timeout: float) -> int:
-    """Fork, drop to uid/gid, connect once; returns the child's pid. Its exit code says how it went."""
+    """Fork, drop to uid/gid (unless the process already is them), connect once; returns the child's pid. Its
+    exit code says how it went."""
+    switch = (uid, gid) != (os.getuid(), os.getgid())
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child
         code = _FAILED
         try:
-            os.setgroups([])
-            os.setgid(gid)
-            os.setuid(uid)
+            if switch:
+                os.setgroups([])
+                os.setgid(gid)
+                os.setuid(uid)
             s = socket.socket(_AF[fam], socket.SOCK_STREAM)
             s.settimeout(timeout)
             if src is not None:
@@ -199,6 +217,8 @@ def _loopback(cfg: CaptureConfig, fam: Family, probe_port: int, timeout: float) 
             "(netinit's apply adds it; with --skip-rule-apply whoever applied the rules must)"
         )
     proxy_uid, proxy_gid = int(cfg.proxy_uids[0]), int(cfg.proxy_gids[0])
+    if not can_switch_uid():  # istio-validation: probe as ourselves, one of the proxy uids
+        proxy_uid, proxy_gid = os.getuid(), os.getgid()
     listener = _listen(fam, src, cfg.inbound_capture_port)
     shown = f"[{dst}]:{probe_port}" if fam == 6 else f"{dst}:{probe_port}"
     try:
@@ -224,9 +244,22 @@ def validate(
     timeout: float = 5.0,
     app_uid: int = 65534,
 ) -> bool:
-    """Probe every captured family; raises ``ValidationFailed``. False when nothing could be probed."""
+    """Probe every captured family; raises ``ValidationFailed``. False when nothing could be probed.
+
+    Without CAP_SETUID (Istio's ``istio-validation``: uid 1337, no capabilities) only the proxy uid's own probe can
+    run - the loopback one, as that uid, which proves the inbound redirect is in place (Istio's coverage); the
+    outbound probe needs to connect as an app uid and is skipped, saying so."""
     if str(app_uid) in cfg.proxy_uids:
         app_uid = 65533
+    privileged = can_switch_uid()
+    if not privileged and str(os.getuid()) not in cfg.proxy_uids:
+        raise ValidationFailed(
+            f"netinit: validation as uid {os.getuid()} without CAP_SETUID cannot probe: run it as a proxy uid "
+            f"({','.join(cfg.proxy_uids)}), as istio-validation does, or as root"
+        )
+    if not privileged:
+        log(f"validation: running as uid {os.getuid()} without CAP_SETUID: the outbound probe (as an app uid) "
+            "is not run; the loopback probe is, as this uid")  # fmt: skip
     has = dict(zip((4, 6), netns.global_families(), strict=True))
     probed: list[str] = []
     for fam in (4, 6) if cfg.enable_ipv6 else (4,):
@@ -243,6 +276,8 @@ def validate(
             )
         if dst is None:
             log(f"validation: the flags capture no probeable IPv{fam} destination; outbound capture not probed")
+        elif not privileged:
+            pass
         else:
             _outbound(cfg, fam, dst, app_uid, timeout)
             probed.append(f"IPv{fam} outbound")
