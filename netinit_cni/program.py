@@ -95,7 +95,11 @@ class Programmer:
     ) -> str:
         """Program (idempotent: netinit leaves rules that are in place alone) and record; the log line's text."""
         self._require_netns(netns)
-        argv = ["--network-namespace", netns, *self._args(args), *(["--run-validation"] if validate else [])]
+        again = self.record(container_id) == Record(netns, tuple(args), dict(env), pod)
+        # A repeated ADD (a runtime's retry) re-checks the rules but does not probe again: the pod's proxy may be
+        # listening on the ports the probe needs by now.
+        probe = validate and not again
+        argv = ["--network-namespace", netns, *self._args(args), *(["--run-validation"] if probe else [])]
         proc = self._netinit(argv, env)
         out = (proc.stderr or proc.stdout).strip()
         if proc.returncode == 2:

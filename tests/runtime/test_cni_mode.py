@@ -160,7 +160,8 @@ def test_agent_down_then_back_repair_recreates_the_pod(
         with kubelet.run_pod(plain, sandbox_name="shop_plain", node_ip=cni_node.GATEWAY) as p:
             assert p.get(8080, "/").status == 200
         # ... and one that needs capture does not run uncaptured: istio-validation fails with Istio's code.
-        stored = _store(kube, pod, ownerReferences=OWNER)
+        _store(kube, pod, ownerReferences=OWNER)
+        first_uid = kube.pods[("shop", "web")]["metadata"]["uid"]
         with pytest.raises(LabError, match=r"istio-validation.*exited 126"):
             with kubelet.run_pod(pod, sandbox_name="shop_web", node_ip=cni_node.GATEWAY, ready_timeout=20):
                 pytest.fail("the app must not start")
@@ -176,7 +177,7 @@ def test_agent_down_then_back_repair_recreates_the_pod(
         assert _calls(node, "repaired")
         # The ReplicaSet recreates it (a new UID); this time the plugin captures it.
         _store(kube, pod, ownerReferences=OWNER)
-        assert kube.pods[("shop", "web")]["metadata"]["uid"] != stored["metadata"]["uid"]
+        assert kube.pods[("shop", "web")]["metadata"]["uid"] != first_uid
         with kubelet.run_pod(pod, sandbox_name="shop_web", node_ip=cni_node.GATEWAY) as p:
             before = p.envoy_stats()
             assert p.exec_get("web", cni_node.GATEWAY, outside, "/").status == 200
