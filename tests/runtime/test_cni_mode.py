@@ -75,8 +75,8 @@ def _captured(p: kubelet.PodmanPod, backend: str) -> bool:
 
 
 def _stable(rules: str) -> str:
-    """Rules without their counters (traffic moves them)."""
-    return re.sub(r"\[\d+:\d+\]|counter packets \d+ bytes \d+", "", rules)
+    """Rules without their counters (traffic moves them) and iptables-save's timestamps."""
+    return re.sub(r"\[\d+:\d+\]|counter packets \d+ bytes \d+|^#.*$", "", rules, flags=re.M)
 
 
 def _calls(node: cni_node.CniNode, outcome: str) -> list[dict[str, Any]]:
