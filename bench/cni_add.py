@@ -2,7 +2,8 @@
 agent's API read and netinit in the pod's namespace, against the same netinit apply run directly (what an
 ``istio-init`` container runs, minus the container start), measured in the same run.
 
-Rows (each sample a fresh pod namespace with an address and a default route, as the bridge plugin leaves it):
+Rows (each sample a fresh pod namespace with an address and a default route, as the bridge plugin leaves it, to a
+peer that silently drops what it cannot deliver):
   netinit direct              python -m netinit --network-namespace NS FLAGS (the baseline)
   ADD, pod skipped            plugin -> socket -> agent -> API read -> pass-through (the hop's own cost)
   ADD, captured               ... + netinit with the pod's flags (validate: false)
@@ -37,6 +38,10 @@ def pod_namespace() -> Iterator[str]:
     with netlab.namespace("bp") as pod, netlab.namespace("bq") as peer:
         netlab.link(pod, "10.84.0.2/24", peer, "10.84.0.1/24")
         netlab.sh("ip", "route", "add", "default", "via", "10.84.0.1", ns=pod)
+        # Like a real network: what leaves the pod uncaptured for the validation's TEST-NET-1 probe is dropped
+        # without an answer (no ICMP), as a cluster network drops traffic to nowhere.
+        netlab.sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=peer)
+        netlab.sh("ip", "route", "add", "blackhole", "192.0.2.0/24", ns=peer)
         yield pod
 
 

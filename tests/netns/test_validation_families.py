@@ -97,3 +97,20 @@ def test_probe_port_drives_the_loopback_probe(forwarding_peer: tuple[str, str], 
     # The tunnel port is never captured: Istio's probe on it could not work; said, not failed.
     rc, err = run(pod, flavor, *ARGS, "--run-validation", "--iptables-probe-port", "15008")
     assert rc == 0 and "is the tunnel port" in err, err
+
+
+def test_a_captured_proxy_uid_fails_validation_on_a_network_that_drops_silently(
+    forwarding_peer: tuple[str, str], flavor: str
+) -> None:
+    """Rules that exempt another uid (4242) capture the proxy uid 1337's own traffic: a loop in a real pod. The
+    bypass probe must see it; and where the network silently drops the uncaptured probe (blackhole), the passing
+    case must still pass, without waiting for that connection to fail."""
+    pod, peer = forwarding_peer
+    netlab.sh("ip", "route", "add", "blackhole", "192.0.2.0/24", ns=peer)
+    wrong = [*ARGS[: ARGS.index("-u")], "-u", "4242", "-g", "4242", *ARGS[ARGS.index("-u") + 2 :]]
+    rc, err = run(pod, flavor, *wrong)
+    assert rc == 0, err
+    rc, err = run(pod, flavor, *ARGS, "--skip-rule-apply", "--run-validation")
+    assert rc == 126 and "traffic of the proxy uid 1337 was captured" in err, err
+    rc, err = run(pod, flavor, *ARGS, "--reconcile", "--run-validation")
+    assert rc == 0 and "validation passed" in err, err
