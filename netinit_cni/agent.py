@@ -172,15 +172,28 @@ def listen(path: str, agent: Agent) -> _SocketServer:
     return server
 
 
-def health_server(port: int, agent: Agent, address: str = "127.0.0.1") -> ThreadingHTTPServer:
+def _accepts(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1)
+        try:
+            s.connect(path)
+        except OSError:
+            return False
+    return True
+
+
+def health_server(port: int, agent: Agent, socket_path: str, address: str = "127.0.0.1") -> ThreadingHTTPServer:
     """``/healthz`` (the process answers), ``/readyz`` (the plugin socket accepts), ``/metrics`` (Prometheus)."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if self.path == "/metrics":
                 body, status = agent.metrics().encode(), 200
-            elif self.path in ("/healthz", "/readyz"):
+            elif self.path == "/healthz":
                 body, status = b"ok\n", 200
+            elif self.path == "/readyz":
+                ready = _accepts(socket_path)
+                body, status = (b"ok\n", 200) if ready else (b"the plugin socket does not accept\n", 503)
             else:
                 body, status = b"not found\n", 404
             self.send_response(status)
@@ -212,7 +225,7 @@ def serve(
     stop = stop or threading.Event()
     calls = listen(socket_path, agent)
     threads = [threading.Thread(target=calls.serve_forever, args=(0.2,), name="cni-calls", daemon=True)]
-    health = health_server(health_port, agent, health_address) if health_port is not None else None
+    health = health_server(health_port, agent, socket_path, health_address) if health_port is not None else None
     if health is not None:
         threads.append(threading.Thread(target=health.serve_forever, args=(0.2,), name="cni-health", daemon=True))
     for t in threads:

@@ -97,7 +97,9 @@ _CAP_SETGID, _CAP_SETUID = 6, 7
 def can_switch_uid() -> bool:
     """Whether this process may setuid/setgid (root in an init container; not istio-validation's uid 1337)."""
     try:
-        for line in open("/proc/self/status").read().splitlines():
+        with open("/proc/self/status") as status:
+            lines = status.read().splitlines()
+        for line in lines:
             if line.startswith("CapEff:"):
                 caps = int(line.split()[1], 16)
                 return bool(caps >> _CAP_SETUID & 1 and caps >> _CAP_SETGID & 1)

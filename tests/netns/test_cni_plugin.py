@@ -257,3 +257,38 @@ def test_version_and_0_4_0_through_the_agent(legacy_node: Node, pod_netns: str) 
     res = _add(legacy_node, pod_netns, ("shop", "cart"), version="0.4.0")
     assert res.returncode == 0 and json.loads(res.stdout)["cniVersion"] == "0.4.0"
     assert _captured(pod_netns, "legacy")
+
+
+def test_health_readiness_and_metrics(tmp_path: Path) -> None:
+    import urllib.error
+    import urllib.request
+
+    from lab.shell import free_port
+
+    with running() as kube:
+        sock, port, stop = str(tmp_path / "a.sock"), free_port(), threading.Event()
+        agent = Agent(lambda t: HttpPods(kube.url, timeout=t), Programmer(tmp_path / "pods"), log=lambda **f: None)
+        t = threading.Thread(target=serve, args=(sock, agent), kwargs={"stop": stop, "health_port": port})
+        t.start()
+        try:
+            url = f"http://127.0.0.1:{port}"
+            for _ in range(100):
+                try:
+                    with urllib.request.urlopen(url + "/readyz", timeout=1) as r:
+                        assert r.status == 200
+                        break
+                except OSError:
+                    stop.wait(0.05)
+            assert cni.invoke("VERSION", cni.network_config(sock)).returncode == 0  # the shim answers this itself
+            assert cni.invoke("DEL", cni.network_config(sock), container_id="x").returncode == 0
+            with urllib.request.urlopen(url + "/metrics", timeout=2) as r:
+                assert 'netinit_cni_calls_total{command="DEL",outcome="deleted"} 1' in r.read().decode()
+            Path(sock).unlink()  # the socket gone: not ready, still alive
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(url + "/readyz", timeout=2)
+            assert e.value.code == 503
+            with urllib.request.urlopen(url + "/healthz", timeout=2) as r:
+                assert r.status == 200
+        finally:
+            stop.set()
+            t.join(5)
