@@ -218,11 +218,14 @@ def _bypass_captured(
     non-blocking and reports once connect() has returned - the SYN has then crossed OUTPUT, where the redirect is
     decided - and a captured connection is complete over lo within ``_SETTLE`` of that, whatever the child does
     next. Its exit code (or its report) is not needed beyond that."""
-    r, w = os.pipe()
+    started_r, started_w = os.pipe()
+    done_r, done_w = os.pipe()  # closed by the parent when it has looked: the child then exits by itself (a
+    # signal would need CAP_KILL, which the CNI agent's container does not have, once the child is another uid)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child
         try:
-            os.close(r)
+            os.close(started_r)
+            os.close(done_w)
             os.setgroups([])
             os.setgid(gid)
             os.setuid(uid)
@@ -232,22 +235,23 @@ def _bypass_captured(
                 s.connect(dst)
             except (BlockingIOError, OSError):
                 pass
-            os.write(w, b"x")
-            time.sleep(timeout)  # keep the connection attempt alive until the parent has looked
+            os.write(started_w, b"x")
+            select.select([done_r], [], [], timeout)  # keep the attempt alive until the parent has looked
         finally:
             os._exit(0)
-    os.close(w)
+    os.close(started_w)
+    os.close(done_r)
     try:
-        ready, _, _ = select.select([r], [], [], timeout)
-        if not ready or not os.read(r, 1):
+        ready, _, _ = select.select([started_r], [], [], timeout)
+        if not ready or not os.read(started_r, 1):
             raise ValidationFailed("netinit: validation failed: the proxy-uid probe did not start")
         got, _, _ = select.select([listener], [], [], _SETTLE)
         if got:
             listener.accept()[0].close()
         return bool(got)
     finally:
-        os.close(r)
-        os.kill(pid, 9)
+        os.close(started_r)
+        os.close(done_w)
         os.waitpid(pid, 0)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +14,7 @@ from lab import netlab
 
 pytestmark = pytest.mark.requires_root
 ARGS = list(netlab.SIDECAR_ARGS)
+ROOT = Path(__file__).resolve().parents[2]
 NO_PRIVILEGE = ["setpriv", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"]
 BACKEND = {"legacy": ["--force-iptables-binary", "legacy"], "nft": ["--force-iptables-binary", "nft"],
            "native-nft": ["--native-nftables"]}  # fmt: skip
@@ -68,3 +70,18 @@ def test_only_a_proxy_uid_can_validate_unprivileged(pod: str) -> None:
     assert netlab.run_netinit("--network-namespace", pod, *ARGS).returncode == 0
     res = _validate(pod, uid=1000)
     assert res.returncode == 126 and "run it as a proxy uid (1337)" in res.stderr
+
+
+def test_the_node_agents_capabilities_are_enough_to_program_and_validate(pod: str) -> None:
+    """The DaemonSet's container runs netinit as root with only the capabilities the overlay grants (no CAP_KILL,
+    no DAC_OVERRIDE, ...): the apply and the full root validation (app uid, proxy uid) must work with just those."""
+    import yaml
+
+    ds = yaml.safe_load((ROOT / "manifests" / "overlays" / "cni" / "daemonset.yaml").read_text())
+    caps = ds["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"]["add"]
+    bounding = "-all," + ",".join(f"+{c.lower()}" for c in caps)
+    cmd = ["setpriv", f"--bounding-set={bounding}", *netlab.netinit_cmd(), "--network-namespace", pod, *ARGS,
+           "--run-validation"]  # fmt: skip
+    res = netlab.sh(*cmd, check=False)
+    assert res.returncode == 0, res.stderr
+    assert "validation probed: IPv4 outbound, IPv4 loopback" in res.stderr
