@@ -51,10 +51,9 @@ def plugin_conf(ns: argparse.Namespace) -> dict[str, object]:
     return {"type": "netinit-cni", "agentSocket": ns.socket, "excludeNamespaces": excluded}
 
 
-def _install(ns: argparse.Namespace, log: object) -> None:
+def _install(ns: argparse.Namespace, log: Callable[..., None]) -> None:
     from netinit_cni import install
 
-    assert callable(log)
     target = install.install_binary(Path(ns.plugin_binary), Path(ns.cni_bin_dir))
     log(msg=f"installed {target}", outcome="installed")
     done = install.ensure(Path(ns.cni_conf_dir), plugin_conf(ns))
