@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from netinit.core.flags import parse_options
+from netinit.core.flags import CAPTURE_ENV, parse_options
 from netinit.core.values import go_bool
 from netinit.core.workloads import capture_container, container_capture_args
 from netinit.errors import NetinitError
@@ -76,7 +76,9 @@ def decide(pod: Mapping[str, Any], namespace: str, settings: Settings) -> Decisi
         return Decision(False, f"the pod programs its own capture ({init.get('name')} container); nothing to do")
     args, env, _notes = container_capture_args(init)
     args = [a for a in args if a.split("=", 1)[0] not in _STRIP]
-    env = {k: v for k, v in env.items() if k not in _STRIP_ENV}
+    # Only netinit's own settings: the rest of the container's env (PATH, LD_PRELOAD, PYTHONPATH...) must not reach
+    # a root process on the node.
+    env = {k: v for k, v in env.items() if k in CAPTURE_ENV and k not in _STRIP_ENV}
     where = f"pod {namespace}/{(pod.get('metadata') or {}).get('name', '?')}"
     try:
         raw = parse_options(args, env)

@@ -115,6 +115,17 @@ def test_flags_that_reach_beyond_the_pod_are_refused(extra: list[str]) -> None:
     assert e.value.code == Code.POD_REFUSED and extra[0] in e.value.msg
 
 
+def test_only_netinits_own_env_reaches_the_node() -> None:
+    pod = cni.cni_mode_pod("a")
+    pod["spec"]["initContainers"][0]["env"] = [
+        {"name": "LD_PRELOAD", "value": "/tmp/evil.so"},
+        {"name": "PATH", "value": "/tmp"},
+        {"name": "ISTIO_META_DNS_CAPTURE", "value": "true"},
+    ]
+    d = decide(pod, "default", S)
+    assert dict(d.env) == {"ISTIO_META_DNS_CAPTURE": "true"}
+
+
 def test_unparseable_flags_are_refused() -> None:
     with pytest.raises(CniError) as e:
         decide(cni.cni_mode_pod("a", capture_args=["--no-such-flag"]), "default", S)
