@@ -213,10 +213,10 @@ def test_explain_show_verify_from_a_saved_dump(tmp_path: Path, capsys: pytest.Ca
 ROOT = Path(__file__).resolve().parents[3]
 
 
-def kube_inject(manifest: Path) -> str:
+def kube_inject(manifest: Path, *flags: str) -> str:
     """The injected manifest, as ``sidecar-injector kube-inject -f FILE`` writes it (netinit never injects)."""
     p = subprocess.run(
-        [sys.executable, "-m", "injector", "kube-inject", "-f", str(manifest)],
+        [sys.executable, "-m", "injector", "kube-inject", "-f", str(manifest), *flags],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -282,6 +282,31 @@ def test_verify_from_pod_reads_istio_validation_and_workload_templates(
     assert main(["verify", "--from-pod", str(manifest), "--rules-file", str(dump), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["ok"] and "flags from the istio-validation container (the pod has no istio-init)" in doc["notes"]
+
+
+def test_verify_from_pod_reads_a_cni_mode_pods_istio_validation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A pod injected in CNI mode (values pilot.cni.enabled) has istio-validation, not istio-init: its capture
+    flags are what the CNI plugin should have programmed, and verify checks the rules against them."""
+    plain = tmp_path / "pod.yaml"
+    plain.write_text(POD)
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "values.yaml").write_text("pilot:\n  cni:\n    enabled: true\n")
+    injected = tmp_path / "injected.json"
+    injected.write_text(json.dumps(yaml.safe_load(kube_inject(plain, "--config-dir", str(config)))))
+    inits = [c["name"] for c in json.loads(injected.read_text())["spec"]["initContainers"]]
+    assert inits == ["istio-validation"]
+    dump = tmp_path / "nat.save"
+    dump.write_text(saved([*ISTIO, "-x", "", "-o", "5432"])[4])
+    assert main(["verify", "--from-pod", str(injected), "--rules-file", str(dump), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ok"] and "-o 5432" in doc["flags"]
+    assert "flags from the istio-validation container (the pod has no istio-init)" in doc["notes"]
+    dump.write_text(saved(ISTIO)[4])  # the CNI plugin programmed other flags: drift, named
+    assert main(["verify", "--from-pod", str(injected), "--rules-file", str(dump)]) == 1
+    assert "missing rule (planned #1): -A ISTIO_OUTPUT -p tcp -m tcp --dport 5432 -j RETURN" in capsys.readouterr().out
 
 
 def test_verify_from_pod_needs_neither_the_injector_nor_pyyaml(tmp_path: Path) -> None:
