@@ -188,6 +188,12 @@ def _build(
     if mode not in NATIVE_MODES:
         raise ConfigError(f"values.yaml sidecarInjectorWebhook.nativeSidecar must be auto|true|false, got {mode!r}")
     values["sidecarInjectorWebhook"]["nativeSidecar"] = mode
+    pilot = values.get("pilot") or {}
+    cni = (pilot.get("cni") or {}) if isinstance(pilot, dict) else None
+    enabled = cni.get("enabled", False) if isinstance(cni, dict) else None
+    if not isinstance(enabled, bool) or not isinstance(cni, dict):  # "false" (a string) would switch it on
+        raise ConfigError(f"values.yaml pilot.cni.enabled must be true or false, got {enabled!r}")
+    values["pilot"] = {**pilot, "cni": {**cni, "enabled": enabled}}
     unknown = [n for n in cfg.resolve_templates(list(defaults)) if n not in templates]
     if unknown:
         raise ConfigError(f"default template(s) {', '.join(unknown)} not found; have {', '.join(sorted(templates))}")

@@ -224,3 +224,13 @@ def test_rbac_grants_exactly_what_the_code_uses() -> None:
     assert not unused, f"granted but never used: {sorted(unused)}"
     # create cannot be limited by name (the object does not exist yet); everything else is.
     assert {g for g in granted if g[3] is None} == {("create", "", "secrets", None)}
+
+
+@pytest.mark.parametrize("bad", ["false", "true", 1, None])
+def test_a_non_boolean_cni_value_is_refused(tmp_path: Path, bad: object) -> None:
+    """values pilot.cni.enabled "false" (a string) must not switch CNI mode on, nor anything but a bool pass."""
+    from injector.errors import ConfigError
+
+    (tmp_path / "values.yaml").write_text(yaml.safe_dump({"pilot": {"cni": {"enabled": bad}}}))
+    with pytest.raises(ConfigError, match=r"pilot\.cni\.enabled must be true or false"):
+        load_config(tmp_path, env={})
