@@ -5,8 +5,10 @@ namespace itself (iptables-save, nft, ``netinit verify``)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +19,7 @@ import pytest
 from lab import cni, netlab
 from netinit_cni.agent import Agent, serve
 from netinit_cni.kube import HttpPods
-from netinit_cni.program import Programmer
+from netinit_cni.program import BACKENDS, Programmer
 from tests.support.kube_server import FakeKube, running
 
 pytestmark = pytest.mark.requires_root
@@ -31,44 +33,42 @@ class Node:
     kube: FakeKube
     socket: str
     state: Path
+    backend: str
     logs: list[dict[str, Any]] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
 
 
-def _start(kube: FakeKube, tmp: Path, backend: str) -> tuple[Node, threading.Thread]:
-    node = Node(kube, str(tmp / "agent.sock"), tmp / "pods")
-    agent = Agent(lambda t: HttpPods(kube.url, timeout=t), Programmer(node.state, backend),
-                  log=lambda **f: node.logs.append(f))  # fmt: skip
-    t = threading.Thread(target=serve, args=(node.socket, agent), kwargs={"stop": node.stop, "interval": 0.2})
-    t.start()
-    for _ in range(100):
-        if Path(node.socket).exists():
-            break
-        node.stop.wait(0.02)
-    return node, t
+@contextlib.contextmanager
+def _agent(tmp: Path, backend: str = "legacy", health_port: int | None = None) -> Iterator[Node]:
+    """The in-test API server and the real agent serving its socket on a thread, for the block."""
+    with running() as kube:
+        node = Node(kube, str(tmp / "agent.sock"), tmp / "pods", backend)
+        agent = Agent(lambda t: HttpPods(kube.url, timeout=t), Programmer(node.state, backend),
+                      log=lambda **f: node.logs.append(f))  # fmt: skip
+        stop = threading.Event()
+        kwargs = {"stop": stop, "interval": 0.2, "health_port": health_port}
+        t = threading.Thread(target=serve, args=(node.socket, agent), kwargs=kwargs)
+        t.start()
+        try:
+            for _ in range(100):
+                if Path(node.socket).exists():
+                    break
+                stop.wait(0.02)
+            yield node
+        finally:
+            stop.set()
+            t.join(5)
 
 
 @pytest.fixture(params=["legacy", "nft", "native-nft"])
 def node(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Node]:
-    with running() as kube:
-        n, t = _start(kube, tmp_path, str(request.param))
-        n.backend = str(request.param)  # type: ignore[attr-defined]
-        try:
-            yield n
-        finally:
-            n.stop.set()
-            t.join(5)
+    with _agent(tmp_path, str(request.param)) as n:
+        yield n
 
 
 @pytest.fixture
 def legacy_node(tmp_path: Path) -> Iterator[Node]:
-    with running() as kube:
-        n, t = _start(kube, tmp_path, "legacy")
-        try:
-            yield n
-        finally:
-            n.stop.set()
-            t.join(5)
+    with _agent(tmp_path) as n:
+        yield n
 
 
 @pytest.fixture
@@ -101,14 +101,13 @@ def _captured(netns: str, backend: str) -> bool:
 
 
 def _verify(netns: str, backend: str, args: list[str]) -> Any:
-    extra = ["--native-nftables"] if backend == "native-nft" else ["--force-iptables-binary", backend]
-    return netlab.run_netinit("verify", "--network-namespace", netns, *extra, *args)
+    return netlab.run_netinit("verify", "--network-namespace", netns, *BACKENDS[backend], *args)
 
 
 def test_add_programs_exactly_netinit_rules_passes_the_result_through_and_del_undoes_it(
     node: Node, pod_netns: str
 ) -> None:
-    backend = node.backend  # type: ignore[attr-defined]
+    backend = node.backend
     node.kube.add_pod("shop", cni.cni_mode_pod("cart", "shop"))
     res = _add(node, pod_netns, ("shop", "cart"))
     assert res.returncode == 0, res.stdout + res.stderr
@@ -265,30 +264,23 @@ def test_health_readiness_and_metrics(tmp_path: Path) -> None:
 
     from lab.shell import free_port
 
-    with running() as kube:
-        sock, port, stop = str(tmp_path / "a.sock"), free_port(), threading.Event()
-        agent = Agent(lambda t: HttpPods(kube.url, timeout=t), Programmer(tmp_path / "pods"), log=lambda **f: None)
-        t = threading.Thread(target=serve, args=(sock, agent), kwargs={"stop": stop, "health_port": port})
-        t.start()
-        try:
-            url = f"http://127.0.0.1:{port}"
-            for _ in range(100):
-                try:
-                    with urllib.request.urlopen(url + "/readyz", timeout=1) as r:
-                        assert r.status == 200
-                        break
-                except OSError:
-                    stop.wait(0.05)
-            assert cni.invoke("VERSION", cni.network_config(sock)).returncode == 0  # the shim answers this itself
-            assert cni.invoke("DEL", cni.network_config(sock), container_id="x").returncode == 0
-            with urllib.request.urlopen(url + "/metrics", timeout=2) as r:
-                assert 'netinit_cni_calls_total{command="DEL",outcome="deleted"} 1' in r.read().decode()
-            Path(sock).unlink()  # the socket gone: not ready, still alive
-            with pytest.raises(urllib.error.HTTPError) as e:
-                urllib.request.urlopen(url + "/readyz", timeout=2)
-            assert e.value.code == 503
-            with urllib.request.urlopen(url + "/healthz", timeout=2) as r:
-                assert r.status == 200
-        finally:
-            stop.set()
-            t.join(5)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with _agent(tmp_path, health_port=port) as n:
+        for _ in range(100):
+            try:
+                with urllib.request.urlopen(url + "/readyz", timeout=1) as r:
+                    assert r.status == 200
+                    break
+            except OSError:
+                time.sleep(0.05)
+        assert cni.invoke("VERSION", cni.network_config(n.socket)).returncode == 0  # the shim answers this itself
+        assert cni.invoke("DEL", cni.network_config(n.socket), container_id="x").returncode == 0
+        with urllib.request.urlopen(url + "/metrics", timeout=2) as r:
+            assert 'netinit_cni_calls_total{command="DEL",outcome="deleted"} 1' in r.read().decode()
+        Path(n.socket).unlink()  # the socket gone: not ready, still alive
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(url + "/readyz", timeout=2)
+        assert e.value.code == 503
+        with urllib.request.urlopen(url + "/healthz", timeout=2) as r:
+            assert r.status == 200

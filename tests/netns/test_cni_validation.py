@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from lab import netlab
+from netinit_cni.program import BACKENDS
 
 pytestmark = pytest.mark.requires_root
 ARGS = list(netlab.SIDECAR_ARGS)
 ROOT = Path(__file__).resolve().parents[2]
 NO_PRIVILEGE = ["setpriv", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"]
-BACKEND = {"legacy": ["--force-iptables-binary", "legacy"], "nft": ["--force-iptables-binary", "nft"],
-           "native-nft": ["--native-nftables"]}  # fmt: skip
+BACKEND = {name: args for name, args in BACKENDS.items() if name != "auto"}  # the agent's own table
 
 
 @pytest.fixture
