@@ -108,18 +108,22 @@ def can_switch_uid() -> bool:
     return os.geteuid() == 0
 
 
+def _become(uid: int, gid: int) -> None:  # pragma: no cover - runs in the probe's child
+    """Drop to uid/gid (and no supplementary groups) unless the process already is them."""
+    if (uid, gid) != (os.getuid(), os.getgid()):
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+
+
 def _connect_as(uid: int, gid: int, fam: Family, dst: tuple[str, int], src: str | None, timeout: float) -> int:
     """Fork, drop to uid/gid (unless the process already is them), connect once; returns the child's pid. Its
     exit code says how it went."""
-    switch = (uid, gid) != (os.getuid(), os.getgid())
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child
         code = _FAILED
         try:
-            if switch:
-                os.setgroups([])
-                os.setgid(gid)
-                os.setuid(uid)
+            _become(uid, gid)
             s = socket.socket(_AF[fam], socket.SOCK_STREAM)
             s.settimeout(timeout)
             if src is not None:
@@ -226,9 +230,7 @@ def _bypass_captured(
         try:
             os.close(started_r)
             os.close(done_w)
-            os.setgroups([])
-            os.setgid(gid)
-            os.setuid(uid)
+            _become(uid, gid)
             s = socket.socket(_AF[fam], socket.SOCK_STREAM)
             s.setblocking(False)
             try:
