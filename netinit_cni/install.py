@@ -10,12 +10,11 @@ a file. The pure edit is :func:`with_plugin` / :func:`without_plugin`.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from netinit_cni.files import write_atomic
 
 PLUGIN_TYPE = "netinit-cni"
 
@@ -48,27 +47,11 @@ def primary_conf(conf_dir: Path) -> Path | None:
     return names[0] if names else None
 
 
-def _write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def install_binary(source: Path, bin_dir: Path) -> Path:
     """Copy the plugin into the CNI bin dir under its type name (atomically: a running runtime may exec it)."""
     bin_dir.mkdir(parents=True, exist_ok=True)
     target = bin_dir / PLUGIN_TYPE
-    fd, tmp = tempfile.mkstemp(dir=bin_dir, prefix=f".{PLUGIN_TYPE}.")
-    os.close(fd)
-    shutil.copyfile(source, tmp)
-    os.chmod(tmp, 0o755)
-    os.replace(tmp, target)
+    write_atomic(target, source.read_bytes(), 0o755)
     return target
 
 
@@ -88,7 +71,7 @@ def ensure(conf_dir: Path, plugin: Mapping[str, Any]) -> str | None:
     if conf == new:
         return None
     target = path if path.suffix == ".conflist" else path.with_suffix(".conflist")
-    _write_atomic(target, json.dumps(new, indent=2) + "\n")
+    write_atomic(target, json.dumps(new, indent=2) + "\n")
     if target != path:
         path.unlink()
         return f"converted {path.name} to {target.name} with {PLUGIN_TYPE} chained last"
@@ -103,7 +86,7 @@ def uninstall(conf_dir: Path, bin_dir: Path) -> list[str]:
         except ValueError:
             continue
         if isinstance(conf, dict) and conf != without_plugin(conf):
-            _write_atomic(path, json.dumps(without_plugin(conf), indent=2) + "\n")
+            write_atomic(path, json.dumps(without_plugin(conf), indent=2) + "\n")
             done.append(f"removed {PLUGIN_TYPE} from {path.name}")
     binary = bin_dir / PLUGIN_TYPE
     if binary.exists():

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from netinit_cni.files import write_atomic
 from netinit_cni.protocol import CniError, Code
 
 BACKENDS = {"auto": (), "legacy": ("--force-iptables-binary", "legacy"), "nft": ("--force-iptables-binary", "nft")}
@@ -60,10 +61,8 @@ class Programmer:
 
     def _save(self, container_id: str, rec: Record) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path = self._path(container_id)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"netns": rec.netns, "args": list(rec.args), "env": dict(rec.env), "pod": rec.pod}))
-        os.replace(tmp, path)
+        doc = {"netns": rec.netns, "args": list(rec.args), "env": dict(rec.env), "pod": rec.pod}
+        write_atomic(self._path(container_id), json.dumps(doc), 0o600)
 
     # netinit ---------------------------------------------------------------------------------------------------
 
