@@ -7,46 +7,24 @@ so every test runs the same static binary a node would.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from lab import netlab
-from lab.shell import LabError
+from lab.shell import c_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIM_SOURCE = ROOT / "netinit_cni" / "shim" / "netinit-cni.c"
-CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sidecar-injector" / "cni"
 STATUS = json.dumps({"initContainers": ["istio-validation"], "containers": ["istio-proxy"], "volumes": []})
 
 
 def shim_binary() -> Path:
     """The static plugin binary for the current source (built if missing)."""
-    source = SHIM_SOURCE.read_bytes()
-    target = CACHE / f"netinit-cni-{hashlib.sha256(source).hexdigest()[:12]}"
-    if target.exists():
-        return target
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        raise LabError("no C compiler to build the CNI plugin (apt-get install -y gcc libc6-dev)")
-    CACHE.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".tmp")
-    proc = subprocess.run(
-        [cc, "-static", "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(tmp), str(SHIM_SOURCE)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise LabError(f"building the CNI plugin failed:\n{proc.stderr}")
-    os.replace(tmp, target)
-    return target
+    return c_binary(SHIM_SOURCE, "netinit-cni", static=True)
 
 
 def network_config(

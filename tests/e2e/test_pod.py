@@ -176,7 +176,7 @@ def test_native_and_legacy_layouts_come_up(webhook: WebhookProcess, flavor: str,
         pod.start_client_server(9090)
         outbound = pod.pod_get(pod.client_ip, 9090)
         stats = pod.envoy_stats()
-    started = [e.split(":")[0] for e in pod.events if "started" in e or "echo server" in e]
+    started = [e.split(":")[0] for e in pod.events if "started" in e or "app server" in e]
     # Native: the kubelet starts the app only after the sidecar's startupProbe passed.
     assert started == (["istio-proxy", "web"] if native else ["web", "istio-proxy"])
     if native:
