@@ -37,16 +37,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from injector.core.config import deep_merge, load_config
-from injector.core.inject import inject
-from injector.core.request import Request
-from lab import apiserver, podlab
+from bench import pods
+from bench.pods import app_pod, injector
+from lab import podlab
 from lab.shell import LabError, c_binary, sh
 
 ROOT = Path(__file__).resolve().parents[1]
-APP_PORT = 8080
 APP_UID = 1000
 TICK = os.sysconf("SC_CLK_TCK")
 PERCENTILES = ("p50_us", "p90_us", "p99_us")
@@ -57,33 +53,6 @@ TARGET_VCPU_PER_1000 = 0.035
 ISTIO_VCPU_PER_1000 = (0.35, 0.5)
 TARGET_RSS_MIB = 30.0
 ISTIO_RSS_MB = 40.0
-
-
-def app_pod(name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "labels": {"app": name}},
-        "spec": {"containers": [{"name": "app", "image": "bench/httpload", "ports": [{"containerPort": APP_PORT}]}]},
-    }
-
-
-def injector(values: dict[str, Any], annotations: dict[str, str]) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """Injection as the shipped configuration does it (the pure core that `kube-inject` and the webhook share),
-    with ``values`` merged over the shipped values and ``annotations`` on the pod: the knobs a user has."""
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in ("config.yaml", "values.yaml"):
-            shutil.copy(apiserver.SHIPPED_CONFIG_DIR / name, tmp)
-        shipped = yaml.safe_load((Path(tmp) / "values.yaml").read_text()) or {}
-        (Path(tmp) / "values.yaml").write_text(yaml.safe_dump(deep_merge(shipped, values)))
-        config = load_config(tmp, env={})
-
-    def run(pod: dict[str, Any]) -> dict[str, Any]:
-        pod = copy.deepcopy(pod)
-        pod["metadata"].setdefault("annotations", {}).update(annotations)
-        return inject(Request(pod=pod, namespace="bench", config=config)).pod
-
-    return run
 
 
 def httpload() -> Path:
@@ -160,7 +129,7 @@ def pairs(
 
 def load(pair: Pair, binary: Path, rate: float, seconds: float, conns: int, mode: str) -> dict[str, Any]:
     """One httpload run from the client pod (as the app's uid) to the server pod's app port."""
-    argv = [str(binary), "load", pair.server.ip, str(APP_PORT), str(rate), str(seconds), str(conns), mode, "1"]
+    argv = [str(binary), "load", pair.server.ip, str(pods.APP_PORT), str(rate), str(seconds), str(conns), mode, "1"]
     res = sh(
         "setpriv",
         f"--reuid={APP_UID}",

@@ -41,6 +41,7 @@ from lab.traffic import HttpResult, http_get, parse_stats, start_echo
 Flavor = Literal["legacy", "nft", "native-nft"]
 FLAVORS: tuple[Flavor, ...] = ("legacy", "nft")  # the iptables flavours; run_pod also takes "native-nft"
 NATIVE_NFT: Flavor = "native-nft"  # netinit --native-nftables
+PROBE_INTERVAL = 0.05  # seconds between probe attempts (the kubelet's periodSeconds, shortened)
 
 PROXY_CONTAINER = "istio-proxy"
 INIT_CONTAINER = "istio-init"
@@ -92,10 +93,16 @@ class RunningPod:
     client_servers: dict[int, subprocess.Popen[Any]] = field(default_factory=dict)
     client_addresses: list[str] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
+    event_times: list[float] = field(default_factory=list)  # time.monotonic() of each event (bench.pod_startup)
 
     @property
     def name(self) -> str:
         return str(self.pod["metadata"]["name"])
+
+    def note(self, event: str) -> None:
+        """Record what just happened in the pod's life, and when."""
+        self.events.append(event)
+        self.event_times.append(time.monotonic())
 
     @property
     def injected(self) -> bool:
@@ -254,8 +261,8 @@ def _wait_probe(
             raise LabError(
                 f"{container['name']}: {kind} did not pass within {timeout:g}s:\n{pod.envoy_log_text()[-3000:]}"
             )
-        time.sleep(0.05)
-    pod.events.append(f"{container['name']}: {kind} passed")
+        time.sleep(PROBE_INTERVAL)
+    pod.note(f"{container['name']}: {kind} passed")
 
 
 def _start_proxy(container: Mapping[str, Any], pod: RunningPod) -> subprocess.Popen[bytes]:
@@ -282,7 +289,7 @@ def _start_proxy(container: Mapping[str, Any], pod: RunningPod) -> subprocess.Po
             start_new_session=True,
         )
         pod.processes[str(container["name"])] = proc
-    pod.events.append(f"{container['name']}: started envoy as {uid}:{gid} (pid {proc.pid})")
+    pod.note(f"{container['name']}: started envoy as {uid}:{gid} (pid {proc.pid})")
     return proc
 
 
@@ -298,7 +305,7 @@ def _start_app(container: Mapping[str, Any], pod: RunningPod, server: AppServer)
     uid, gid = _run_as(container, pod.pod, DEFAULT_APP_UID)
     name, port = str(container["name"]), _first_port(container)
     pod.processes[name] = server(pod.ns, port, uid, gid, pod.workdir / f"{name}.log")
-    pod.events.append(f"{name}: app server on :{port} as {uid}:{gid}")
+    pod.note(f"{name}: app server on :{port} as {uid}:{gid}")
 
 
 def _run_post_start(container: Mapping[str, Any], pod: RunningPod, timeout: float) -> None:
@@ -330,7 +337,7 @@ def _run_post_start(container: Mapping[str, Any], pod: RunningPod, timeout: floa
             raise LabError(f"{name}: postStart httpGet failed: {res_http.status} {res_http.error}")
     else:
         raise LabError(f"{name}: only exec and httpGet postStart hooks are simulated")
-    pod.events.append(f"{name}: postStart hook passed")
+    pod.note(f"{name}: postStart hook passed")
 
 
 @contextmanager
@@ -351,7 +358,7 @@ def run_pod(
     one (``istio-init`` must exit 0; a native sidecar ``istio-proxy`` is started and its startupProbe awaited),
     then the containers in order (each one's postStart hook runs to completion before the next starts, which is
     what ``holdApplicationUntilProxyStarts`` relies on; ``hook_timeout`` bounds it), then the proxy's
-    readinessProbe. Probes are polled every 50 ms rather than every ``periodSeconds``. preStop hooks are not
+    readinessProbe. Probes are polled every ``PROBE_INTERVAL`` rather than every ``periodSeconds``. preStop hooks are not
     run (the proxy's sleeps for the drain time). Teardown: app containers, then the proxy,
     client servers, namespaces, temp files.
 
@@ -398,6 +405,7 @@ def run_pod(
                 stop_process(proc)
 
         stack.callback(teardown)
+        running.note("sandbox ready")
         say(f"sandbox: pod netns {pod_ns} ({ip}) <-veth-> {client_ns} ({client_ip}, the node and the rest)")
 
         proxy_container: Mapping[str, Any] | None = None
@@ -407,7 +415,7 @@ def run_pod(
                 res = running.run_init(c["name"])
                 if res.returncode != 0:
                     raise LabError(f"init container {c['name']} exited {res.returncode}:\n{res.stderr}")
-                running.events.append(f"{c['name']}: exit 0")
+                running.note(f"{c['name']}: exit 0")
             elif c["name"] == PROXY_CONTAINER and c.get("restartPolicy") == "Always":
                 say(f"native sidecar {c['name']}: starting envoy, waiting for its startupProbe")
                 proxy_container = c
@@ -415,7 +423,7 @@ def run_pod(
                 _run_post_start(c, running, hook_timeout)
                 _wait_probe(running, c, "startupProbe", proc, ready_timeout)
             else:
-                running.events.append(f"{c['name']}: init container not simulated (skipped)")
+                running.note(f"{c['name']}: init container not simulated (skipped)")
         for c in spec.get("containers") or []:
             if c["name"] == PROXY_CONTAINER:
                 say(f"container {c['name']}: starting envoy")
@@ -431,6 +439,7 @@ def run_pod(
                 _wait_probe(running, proxy_container, "startupProbe", proc, ready_timeout)
             _wait_probe(running, proxy_container, "readinessProbe", proc, ready_timeout)
             say("pod ready: the proxy's readinessProbe passed")
+        running.note("pod ready")
         yield running
 
 

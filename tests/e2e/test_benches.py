@@ -1,0 +1,31 @@
+"""The pod-level benchmarks end to end, briefly, so that they keep working: bench.sidecar_tax (four pods, plain and
+injected client/server; the bench itself fails if the injected traffic did not cross both Envoys' passthrough
+clusters) and bench.pod_startup (each layout comes up and every phase is timed). The figures themselves are
+docs/benchmarks.md's business, not a test's."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from bench import pod_startup, sidecar_tax
+
+pytestmark = pytest.mark.requires_root
+
+
+def test_the_tax_bench_runs_and_prints_every_figure(capsys: pytest.CaptureFixture[str]) -> None:
+    sidecar_tax.main(["--seconds", "0.5", "--repeat", "1", "--rates", "200,1000", "--soak", "2000"])
+    out = capsys.readouterr().out
+    for row in ("200 rps keepalive", "1000 rps keepalive", "200 rps close", "1000 rps close", "saturation keepalive"):
+        assert re.search(rf"^{row}\s+[\d.]+/[\d.]+/[\d.]+\s+[\d.]+/", out, re.M), (row, out)
+    assert re.search(r"client: [\d.]+ vCPU per 1000 rps", out) and re.search(r"server: RSS idle [\d.]+ MiB", out)
+    assert "soak: 2,000 requests" in out
+
+
+def test_the_startup_bench_times_every_phase_of_every_layout(capsys: pytest.CaptureFixture[str]) -> None:
+    pod_startup.main(["--runs", "1"])
+    out = capsys.readouterr().out
+    assert re.search(r"^plain\s+-\s+-\s+[\d.]+\s+[\d.]+\s*$", out, re.M), out  # no init, no proxy
+    for variant in ("legacy", "legacy \\+ hold", "native sidecar"):
+        assert re.search(rf"^{variant}\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+\+[\d.]+$", out, re.M), (variant, out)
