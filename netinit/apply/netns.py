@@ -6,9 +6,9 @@ only in TPROXY mode (``require_pyroute2``, ``TproxyRoutes``), the one feature th
 
 from __future__ import annotations
 
+import _socket  # the C module: socket.py adds enums and selectors (~2.5 ms of start-up) that netlink never needs
 import ipaddress
 import os
-import socket
 import struct
 from collections.abc import Iterator
 
@@ -88,7 +88,8 @@ NFPROTO_INET = 1
 def _dump(protocol: int, msg_type: int, header: bytes) -> Iterator[tuple[bytes, dict[int, bytes]]]:
     """One netlink dump: each answer's fixed header (as long as the request's) and its attributes by type. The
     standard library is enough, and a netlink round trip costs far less than starting ``ip`` or ``nft``."""
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol) as s:
+    s = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW, protocol)
+    try:
         s.sendto(struct.pack("=LHHLL", 16 + len(header), msg_type, _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0) + header, (0, 0))
         while True:
             data = s.recv(65536)
@@ -108,15 +109,17 @@ def _dump(protocol: int, msg_type: int, header: bytes) -> Iterator[tuple[bytes, 
                     attr_off += (alen + 3) & ~3
                 yield fixed, attrs
                 off += (length + 3) & ~3
+    finally:
+        s.close()
 
 
 def addresses() -> Iterator[ipaddress.IPv4Address | ipaddress.IPv6Address]:
     """Every address of the current network namespace (IPv4 first, as the kernel dumps them)."""
-    for family in (socket.AF_INET, socket.AF_INET6):
-        for fixed, attrs in _dump(socket.NETLINK_ROUTE, _RTM_GETADDR, struct.pack("=BBBBI", family, 0, 0, 0, 0)):
+    for family in (_socket.AF_INET, _socket.AF_INET6):
+        for fixed, attrs in _dump(_socket.NETLINK_ROUTE, _RTM_GETADDR, struct.pack("=BBBBI", family, 0, 0, 0, 0)):
             found = attrs.get(_IFA_LOCAL, attrs.get(_IFA_ADDRESS))
             if found is not None:
-                yield ipaddress.ip_address(found) if fixed[0] == socket.AF_INET6 else ipaddress.IPv4Address(found)
+                yield ipaddress.ip_address(found) if fixed[0] == _socket.AF_INET6 else ipaddress.IPv4Address(found)
 
 
 def nft_tables(family: int = NFPROTO_INET) -> list[str]:
@@ -167,8 +170,8 @@ class TproxyRoutes:
     def step(self) -> Step:
         return Step("TPROXY policy route", self.do, self.undo)
 
-    def _families(self) -> list[tuple[socket.AddressFamily, str]]:
-        return [(socket.AF_INET, "0.0.0.0/0")] + ([(socket.AF_INET6, "::/0")] if self.ipv6 else [])
+    def _families(self) -> list[tuple[int, str]]:
+        return [(_socket.AF_INET, "0.0.0.0/0")] + ([(_socket.AF_INET6, "::/0")] if self.ipv6 else [])
 
     def do(self) -> None:
         from pyroute2 import IPRoute

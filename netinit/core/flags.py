@@ -8,6 +8,8 @@ strings here; ``netinit.core.config.resolve`` validates them.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple, NoReturn
 
@@ -224,9 +226,31 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(f"netinit: {message}")
 
 
+def _help_width() -> int:
+    """What argparse's help formatter computes (``shutil.get_terminal_size().columns - 2``) without importing
+    ``shutil`` (and with it zlib, bz2, lzma: ~2 ms) on every run - argparse makes a formatter per added flag."""
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        columns = 0
+    stdout = sys.__stdout__
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(stdout.fileno()).columns if stdout is not None else 80
+        except (ValueError, OSError):  # not a terminal, or closed
+            columns = 80
+    return (columns or 80) - 2
+
+
+class _Formatter(argparse.HelpFormatter):
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=_help_width())
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="netinit",
+        formatter_class=_Formatter,
         description="Program the pod's traffic capture (istio-iptables compatible).",
         epilog="Every flag also reads its istio-iptables env var; a flag wins over its env var. "
         "Env-only: ISTIO_OUTBOUND_OWNER_GROUPS, ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE, "

@@ -13,7 +13,6 @@ studied from its source; the expectations in tests/unit/test_plan.py are our own
 from __future__ import annotations
 
 import ipaddress
-import socket
 from collections.abc import Callable, Iterable
 from typing import Literal, NamedTuple
 
@@ -382,6 +381,8 @@ def _dns(b: _Builder, cfg: CaptureConfig) -> None:
 
 def _v6(s: str) -> str:
     """An IPv6 address as iptables-save prints it: libc's inet_ntop (``::127.0.0.53``, not ``::7f00:35``)."""
+    import socket  # IPv6 only: socket.py costs ~2.5 ms of start-up
+
     return socket.inet_ntop(socket.AF_INET6, ipaddress.IPv6Address(s).packed)
 
 
