@@ -156,10 +156,23 @@ def cpu_seconds(pid: int) -> float:
 
 
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise LabError(f"no VmRSS for pid {pid}")
+    return memory(pid)["rss"]
+
+
+def memory(pid: int) -> dict[str, float]:
+    """MiB from /proc/<pid>/smaps_rollup: ``rss``; ``private``, the anonymous pages (heap, stacks, relocated data:
+    this proxy's alone); ``binary``, the rest (clean pages of the Envoy executable, in the page cache and shared
+    by every Envoy started from the same file); ``pss``, the proportional share."""
+    rows = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        key, value = line.split(":", 1)
+        rows[key] = int(value.split()[0]) / 1024
+    return {
+        "rss": rows["Rss"],
+        "private": rows["Anonymous"],
+        "binary": rows["Rss"] - rows["Anonymous"],
+        "pss": rows["Pss"],
+    }
 
 
 def passthrough(pair: Pair) -> tuple[int, int]:
@@ -202,13 +215,13 @@ def run(args: argparse.Namespace, rates: list[float], binary: Path) -> None:
         concurrency = argv[argv.index("--concurrency") + 1] if "--concurrency" in argv else "(Envoy's default)"
         print(
             f"# {args.flavor} iptables; Envoy --concurrency {concurrency}; {args.seconds:g} s per run, "
-            f"median of {args.repeat}; latencies in ms"
+            f"median of {args.repeat}; latencies in ms; values {args.values}; proxy config {args.proxy_config!r}"
         )
-        idle_rss = {role: rss_mib(pid) for role, pid in pids.items()}
         time.sleep(1.0)
+        idle = {role: memory(pid) for role, pid in pids.items()}
         print(f"\n{'row':<26} {'plain p50/p90/p99':>22} {'injected p50/p90/p99':>22} {'added p50/p90/p99':>22}")
-        cpu_rows: dict[str, list[float]] = {role: [] for role in pids}
-        peak_rss = dict(idle_rss)
+        cpu_rows: dict[str, list[float]] = {}
+        peak_rss = {role: mem["rss"] for role, mem in idle.items()}
         rows: list[tuple[str, float, str, int]] = [
             (f"{int(r)} rps {m}", r, m, args.conns) for m in ("keepalive", "close") for r in rates
         ]
@@ -226,9 +239,10 @@ def run(args: argparse.Namespace, rates: list[float], binary: Path) -> None:
                             raise LabError(f"{label}: the injected traffic did not pass through both Envoys")
                         for role, pid in pids.items():
                             peak_rss[role] = max(peak_rss[role], rss_mib(pid))
-                            if rate == 1000 and mode == "keepalive":
+                            if mode == "keepalive" and rate in (1000, 0):
                                 # per 1000 requests sent (the warm-up's were served too)
-                                cpu_rows[role].append((cpu_seconds(pid) - cpu0[role]) / res["sent"] * 1000)
+                                per_1000 = (cpu_seconds(pid) - cpu0[role]) / res["sent"] * 1000
+                                cpu_rows.setdefault(f"{role} at {label}", []).append(per_1000)
                     results[pair.label].append(res)
             p = [median_of(results["plain"], k) / 1000 for k in PERCENTILES]
             m = [median_of(results["injected"], k) / 1000 for k in PERCENTILES]
@@ -252,16 +266,16 @@ def run(args: argparse.Namespace, rates: list[float], binary: Path) -> None:
         )
 
         print("\nper proxy (client / server Envoy)")
-        for role, values in cpu_rows.items():
-            if values:
-                print(
-                    f"  {role}: {statistics.median(values):.4f} vCPU per 1000 rps (CPU s per 1000 requests, "
-                    f"keep-alive at 1000 rps; target <= {TARGET_VCPU_PER_1000}, Istio "
-                    f"{ISTIO_VCPU_PER_1000[0]}-{ISTIO_VCPU_PER_1000[1]})"
-                )
-        for role in pids:
+        for where, values in cpu_rows.items():
             print(
-                f"  {role}: RSS idle {idle_rss[role]:.1f} MiB, peak under load {peak_rss[role]:.1f} MiB "
+                f"  {where}: {statistics.median(values):.4f} CPU s per 1000 requests (= vCPU per 1000 rps; target "
+                f"<= {TARGET_VCPU_PER_1000} at 1000 rps, Istio {ISTIO_VCPU_PER_1000[0]}-{ISTIO_VCPU_PER_1000[1]})"
+            )
+        for role, mem in idle.items():
+            print(
+                f"  {role}: RSS idle {mem['rss']:.1f} MiB = {mem['private']:.1f} private + {mem['binary']:.1f} of the "
+                f"Envoy binary's pages (shared through the page cache; PSS {mem['pss']:.1f} MiB with {len(pids)} "
+                f"Envoys running); peak under load {peak_rss[role]:.1f} MiB "
                 f"(target <= {TARGET_RSS_MIB:g} MiB; Istio ~{ISTIO_RSS_MB:g} MB plus pilot-agent)"
             )
         if args.soak:
@@ -269,15 +283,16 @@ def run(args: argparse.Namespace, rates: list[float], binary: Path) -> None:
 
 
 def soak(mesh: Pair, binary: Path, requests: int, pids: dict[str, int]) -> None:
-    """RSS of each proxy sampled every second over a ``requests``-long keep-alive run at 2000 rps."""
+    """RSS and private memory of each proxy sampled every second over a ``requests``-long keep-alive run at
+    2000 rps: flat, or growing with the requests served."""
     rate = 2000.0
-    samples: dict[str, list[float]] = {role: [] for role in pids}
+    samples: dict[str, list[dict[str, float]]] = {role: [] for role in pids}
     done = threading.Event()
 
     def sample() -> None:
         while not done.wait(1.0):
             for role, pid in pids.items():
-                samples[role].append(rss_mib(pid))
+                samples[role].append(memory(pid))
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -288,11 +303,13 @@ def soak(mesh: Pair, binary: Path, requests: int, pids: dict[str, int]) -> None:
         sampler.join()
     print(f"\nsoak: {res['ok']:,} requests at {rate:g} rps keep-alive, p99 {res['p99_us'] / 1000:.3f} ms")
     for role, values in samples.items():
-        first, last = values[0], values[-1]
-        print(
-            f"  {role}: RSS first {first:.1f} MiB, last {last:.1f} MiB, max {max(values):.1f} MiB "
-            f"(drift {last - first:+.1f} MiB)"
-        )
+        for kind in ("rss", "private"):
+            first, last = values[0][kind], values[-1][kind]
+            peak = max(v[kind] for v in values)
+            print(
+                f"  {role}: {kind} first second {first:.1f} MiB, last {last:.1f} MiB, max {peak:.1f} MiB "
+                f"(drift {last - first:+.1f} MiB)"
+            )
 
 
 if __name__ == "__main__":

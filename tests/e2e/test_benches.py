@@ -19,7 +19,9 @@ def test_the_tax_bench_runs_and_prints_every_figure(capsys: pytest.CaptureFixtur
     out = capsys.readouterr().out
     for row in ("200 rps keepalive", "1000 rps keepalive", "200 rps close", "1000 rps close", "saturation keepalive"):
         assert re.search(rf"^{row}\s+[\d.]+/[\d.]+/[\d.]+\s+[\d.]+/", out, re.M), (row, out)
-    assert re.search(r"client: [\d.]+ vCPU per 1000 rps", out) and re.search(r"server: RSS idle [\d.]+ MiB", out)
+    assert re.search(r"client at 1000 rps keepalive: [\d.]+ CPU s per 1000 requests", out) and re.search(
+        r"server: RSS idle [\d.]+ MiB", out
+    )
     assert "soak: 2,000 requests" in out
 
 
