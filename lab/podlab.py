@@ -8,9 +8,10 @@ verbatim), the proxy container's command line exactly as injected with ``envoy``
 HTTP echo server each); it waits for the proxy's probes the kubelet way and always tears everything down
 (processes by pid, namespaces, temp files), also on failure or Ctrl-C.
 
-Convention for app containers: every container that is not ``istio-proxy`` runs the echo server (or run_pod's ``app``) on its first
-``containerPort`` (8080 when it declares none), as its ``runAsUser`` (else the pod's, else uid 1000). The server
-answers ``GET`` with one line, ``name=<container> peer=<ip>:<port> path=<path>`` (see :func:`lab.traffic.peer_of`).
+Convention for app containers: every container that is not ``istio-proxy`` runs the echo server (or run_pod's
+``app``) on its first ``containerPort`` (8080 when it declares none), as its ``runAsUser`` (else the pod's, else
+uid 1000). The echo server answers ``GET`` with one line, ``name=<container> peer=<ip>:<port> path=<path>``
+(see :func:`lab.traffic.peer_of`).
 
 Addresses live only inside the namespaces created here (10.89.0.0/24 on the veth; extra client addresses are
 /32s on the client namespace's ``lo``), so nothing leaks into the host and pods do not collide with each other.
@@ -358,9 +359,9 @@ def run_pod(
     one (``istio-init`` must exit 0; a native sidecar ``istio-proxy`` is started and its startupProbe awaited),
     then the containers in order (each one's postStart hook runs to completion before the next starts, which is
     what ``holdApplicationUntilProxyStarts`` relies on; ``hook_timeout`` bounds it), then the proxy's
-    readinessProbe. Probes are polled every ``PROBE_INTERVAL`` rather than every ``periodSeconds``. preStop hooks are not
-    run (the proxy's sleeps for the drain time). Teardown: app containers, then the proxy,
-    client servers, namespaces, temp files.
+    readinessProbe. Probes are polled every ``PROBE_INTERVAL`` rather than every ``periodSeconds``. preStop hooks
+    are not run (the proxy's sleeps for the drain time). Teardown: app containers, then the proxy, client servers,
+    namespaces, temp files.
 
     ``subnet`` (three octets) puts the pod at ``.2`` and its node at ``.1``, so that pods brought up side by side
     can be routed to each other (``bench.sidecar_tax``); ``app`` starts every app container's process in place of

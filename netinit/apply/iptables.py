@@ -29,14 +29,31 @@ def _binaries(flavor: str) -> list[str]:
     return [f"{p}tables-{flavor}-{op}" for p in ("ip", "ip6") for op in ("save", "restore")]
 
 
+def no_legacy_tables() -> bool:
+    """True when the kernel lists no legacy IPv4 table in the current namespace (``/proc/net/ip_tables_names``
+    exists and is empty): ``iptables-legacy-save`` reads that very file to know what to dump, so it would print
+    nothing. A fresh pod namespace is like that, so on nft nodes the legacy probe is one process start saved per
+    pod. Missing or unreadable: False, and the real probe runs (and reports what is wrong)."""
+    try:
+        with open("/proc/net/ip_tables_names", "rb") as names:
+            return names.read(1) == b""
+    except OSError:
+        return False
+
+
 def detect_backend(
-    runner: Runner, forced: str | None = None, which: Callable[[str], str | None] | None = None
+    runner: Runner,
+    forced: str | None = None,
+    which: Callable[[str], str | None] | None = None,
+    legacy_empty: Callable[[], bool] = lambda: False,
 ) -> tuple[Backend, str]:
     """Like istio-iptables: legacy only when legacy already holds rules and works; else nft; else legacy.
 
     ``forced`` (``--force-iptables-binary``) skips detection but still checks the binaries exist.
     Returns the backend and the IPv4 ``iptables-save`` text its probe read, so the caller's snapshot
-    need not run the same command again (netinit's run time is pod start-up time).
+    need not run the same command again (netinit's run time is pod start-up time). ``legacy_empty``
+    (:func:`no_legacy_tables` in production) answers the legacy probe without running ``iptables-legacy-save``
+    when the kernel says it would print nothing.
     """
     lookup = which if which is not None else find_executable
     problems: list[str] = []
@@ -47,6 +64,8 @@ def detect_backend(
         if missing:
             problems.append(f"{flavor}: {', '.join(missing)} not found")
             return None
+        if flavor == "legacy" and legacy_empty():
+            return ""
         res = runner.run(Backend(flavor).save_cmd(4))
         if res.returncode != 0:
             problems.append(f"{flavor}: iptables-{flavor}-save failed: {res.stderr.strip() or res.returncode}")

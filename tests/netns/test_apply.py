@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
@@ -215,3 +218,33 @@ def test_in_process_main_applies_in_current_namespace(netns: str) -> None:
     assert res.returncode == 0, res.stderr
     assert "ISTIO_INBOUND" in netlab.sh("iptables-save", ns=netns).stdout or "ISTIO_INBOUND" in save(netns, "legacy")
     assert main is not None
+
+
+def test_auto_detection_in_a_fresh_namespace_skips_the_empty_legacy_probe(netns: str, tmp_path: Path) -> None:
+    """A fresh pod namespace lists no legacy table, so netinit does not start iptables-legacy-save to learn that
+    (one process per pod on nft nodes); once legacy holds rules, the probe runs and legacy is kept, as before."""
+    log = tmp_path / "calls"
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    for name in ("iptables-legacy-save", "iptables-nft-save"):
+        real = shutil.which(name)
+        assert real is not None
+        (shims / name).write_text(f'#!/bin/sh\necho {name} >> {log}\nexec {real} "$@"\n')
+        (shims / name).chmod(0o755)
+    env = {"PATH": f"{shims}:{os.environ['PATH']}"}
+    probe = "from netinit.apply.iptables import no_legacy_tables; print(no_legacy_tables())"
+    assert _in_netns(netns, probe).stdout.strip() == "True"
+
+    res = netlab.run_netinit("--network-namespace", netns, "-i", "*", "-b", "*", env=env)
+    assert res.returncode == 0, res.stderr
+    assert "backend: iptables-nft" in res.stderr
+    assert log.read_text().split() == ["iptables-nft-save"]  # the legacy probe was answered by the kernel
+    assert "ISTIO_OUTPUT" in save(netns, "nft")
+    assert netinit(netns, "nft", "--cleanup-only").returncode == 0
+
+    assert netinit(netns, "legacy", "-i", "*", "-b", "*").returncode == 0
+    assert _in_netns(netns, probe).stdout.strip() == "False"
+    log.write_text("")
+    res = netlab.run_netinit("--network-namespace", netns, "-i", "*", "-b", "*", env=env)
+    assert res.returncode == 0, res.stderr
+    assert "backend: iptables-legacy" in res.stderr and log.read_text().split() == ["iptables-legacy-save"]

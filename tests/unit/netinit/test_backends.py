@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from netinit.apply.iptables import RestoreApplier, detect_backend
+from netinit.apply.iptables import Backend, RestoreApplier, detect_backend
 from netinit.apply.runner import Completed
 from netinit.errors import BackendError
 
@@ -76,3 +76,20 @@ def test_probe_read_serves_the_first_snapshot_only() -> None:
     assert applier.save(4) == EMPTY and r.calls == ["iptables-nft-save"]
     applier.save(4)
     assert r.calls == ["iptables-nft-save", "iptables-nft-save"]
+
+
+def test_an_empty_legacy_kernel_answers_the_legacy_probe_without_a_process() -> None:
+    # A fresh pod namespace: /proc/net/ip_tables_names is empty, so iptables-legacy-save would print nothing.
+    r = Scripted({"iptables-nft-save": Completed(0, EMPTY, "")})
+    backend, state = detect_backend(r, which=which_all, legacy_empty=lambda: True)
+    assert backend.flavor == "nft" and state == EMPTY
+    assert r.calls == ["iptables-nft-save"]
+    r = Scripted({"iptables-nft-save": Completed(1, "", "no nft")})
+    backend, state = detect_backend(r, which=which_all, legacy_empty=lambda: True)
+    assert (backend.flavor, state, r.calls) == ("legacy", "", ["iptables-nft-save"])  # the fallback, unprobed
+    r = Scripted({})
+    assert detect_backend(r, "legacy", which_all, legacy_empty=lambda: True) == (Backend("legacy"), "")
+    assert r.calls == []
+    # The binaries must still be there: the shortcut answers the probe, not the install.
+    with pytest.raises(BackendError, match="iptables-legacy-restore"):
+        detect_backend(Scripted({}), "legacy", lambda name: None, legacy_empty=lambda: True)
