@@ -225,8 +225,8 @@ def _run_netinit(container: Mapping[str, Any], pod: RunningPod) -> subprocess.Co
 
 
 def _probe(pod: RunningPod, container: Mapping[str, Any], probe: Mapping[str, Any]) -> bool:
-    """One probe attempt, from the node (the client namespace) as the kubelet does; the host defaults to the
-    pod IP."""
+    """One probe attempt, from the node (the client namespace) and in this process as the kubelet does; the host
+    defaults to the pod IP."""
 
     def port_of(raw: Any) -> int:
         return podspec.probe_port(container, raw)
@@ -236,12 +236,10 @@ def _probe(pod: RunningPod, container: Mapping[str, Any], probe: Mapping[str, An
         if str(get.get("scheme", "HTTP")).upper() != "HTTP":
             raise LabError(f"{container['name']}: only HTTP probes are simulated")
         host = str(get.get("host") or pod.ip)
-        res = http_get(pod.client_ns, host, port_of(get["port"]), str(get.get("path", "/")), timeout=1.0)
-        return 200 <= res.status < 400
+        return traffic.probe(pod.client_ns, host, port_of(get["port"]), str(get.get("path", "/")))
     if "tcpSocket" in probe:
         host = str(probe["tcpSocket"].get("host") or pod.ip)
-        res = http_get(pod.client_ns, host, port_of(probe["tcpSocket"]["port"]), "/", timeout=1.0)
-        return res.status != 0 or "BadStatusLine" in res.error or "RemoteDisconnected" in res.error
+        return traffic.probe(pod.client_ns, host, port_of(probe["tcpSocket"]["port"]), None)
     raise LabError(f"{container['name']}: only httpGet and tcpSocket probes are simulated")
 
 
