@@ -12,9 +12,10 @@ that counts each request's latency from the moment it was due (no coordinated om
 Runs alternate plain / injected for each rate and connection mode (HTTP/1.1 keep-alive, and one connection
 per request, which exercises the capture rules and the original-destination lookup on every request); each
 figure is the median over ``--repeat`` runs; "added" is injected minus plain. Then the proxies' cost: CPU
-seconds from /proc/<pid>/stat over the injected 1000 rps keep-alive runs, RSS at idle, under load and over a
-``--soak`` request run (sampled every second). The bench fails loudly if the injected traffic did not pass
-through both Envoys (their passthrough cluster counters).
+seconds per 1000 requests from /proc/<pid>/stat over the injected 1000 rps keep-alive and saturation runs; memory
+from /proc/<pid>/smaps_rollup (RSS split into the proxy's private pages and the Envoy binary's shared ones) at
+idle, under load and over a ``--soak`` request run (sampled every second). The bench fails loudly if the
+injected traffic did not pass through both Envoys (their passthrough cluster counters).
 
     sudo .venv/bin/python -m bench.sidecar_tax [--seconds 10] [--repeat 3] [--soak 100000] [--flavor legacy]
 """
