@@ -32,14 +32,14 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench import pods
-from bench.pods import app_pod, injector
+from bench.pods import Injector, app_pod, injector
 from lab import podlab
 from lab.shell import LabError, c_binary, sh
 
@@ -100,9 +100,7 @@ def route(a: podlab.RunningPod, b: podlab.RunningPod, link_net: str) -> None:
 
 
 @contextmanager
-def pairs(
-    flavor: str, binary: Path, inject_pod: Callable[[dict[str, Any]], dict[str, Any]]
-) -> Iterator[tuple[Pair, Pair]]:
+def pairs(flavor: str, binary: Path, inject_pod: Injector) -> Iterator[tuple[Pair, Pair]]:
     def server(ns: str, port: int, uid: int, gid: int, log: Path) -> subprocess.Popen[Any]:
         cmd = ["ip", "netns", "exec", ns, "setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
         with log.open("ab") as out:
@@ -154,10 +152,6 @@ def cpu_seconds(pid: int) -> float:
     """utime + stime of the whole process (all threads)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def rss_mib(pid: int) -> float:
-    return memory(pid)["rss"]
 
 
 def memory(pid: int) -> dict[str, float]:
@@ -223,23 +217,21 @@ def run(args: argparse.Namespace, rates: list[float], binary: Path) -> None:
         print(f"\n{'row':<26} {'plain p50/p90/p99':>22} {'injected p50/p90/p99':>22} {'added p50/p90/p99':>22}")
         cpu_rows: dict[str, list[float]] = {}
         peak_rss = {role: mem["rss"] for role, mem in idle.items()}
-        rows: list[tuple[str, float, str, int]] = [
-            (f"{int(r)} rps {m}", r, m, args.conns) for m in ("keepalive", "close") for r in rates
-        ]
-        rows.append(("saturation keepalive", 0.0, "keepalive", args.conns))
-        for label, rate, mode, conns in rows:
+        rows = [(f"{int(r)} rps {m}", r, m) for m in ("keepalive", "close") for r in rates]
+        rows.append(("saturation keepalive", 0.0, "keepalive"))
+        for label, rate, mode in rows:
             results: dict[str, list[dict[str, Any]]] = {"plain": [], "injected": []}
             for _ in range(args.repeat):
                 for pair in (plain, mesh):
                     before_cx = passthrough(pair) if pair is mesh else (0, 0)
                     cpu0 = {role: cpu_seconds(pid) for role, pid in pids.items()}
-                    res = load(pair, binary, rate, args.seconds, conns, mode)
+                    res = load(pair, binary, rate, args.seconds, args.conns, mode)
                     if pair is mesh:
                         after_cx = passthrough(pair)
                         if not all(a > b for a, b in zip(after_cx, before_cx, strict=True)):
                             raise LabError(f"{label}: the injected traffic did not pass through both Envoys")
                         for role, pid in pids.items():
-                            peak_rss[role] = max(peak_rss[role], rss_mib(pid))
+                            peak_rss[role] = max(peak_rss[role], memory(pid)["rss"])
                             if mode == "keepalive" and rate in (1000, 0):
                                 # per 1000 requests sent (the warm-up's were served too)
                                 per_1000 = (cpu_seconds(pid) - cpu0[role]) / res["sent"] * 1000
