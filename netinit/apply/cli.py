@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from netinit.apply import netns
 from netinit.apply.engine import cleanup, render_restore
 from netinit.apply.facts import host_facts
-from netinit.apply.iptables import Applier, Backend, RestoreApplier, detect_backend, no_legacy_tables
+from netinit.apply.iptables import Applier, Backend, RestoreApplier, detect_backend, no_tables
 from netinit.apply.runner import Runner, find_tool
 from netinit.apply.steps import Step
 from netinit.core.config import CaptureConfig, RunOptions, resolve
@@ -32,8 +32,8 @@ def make_applier(name: str, forced: str | None, runner: Runner) -> Applier:
         from netinit.apply.iptc import IptcApplier  # lazy: libiptc costs ~200 ms to import
 
         return IptcApplier(runner)  # imports python-iptables now: a missing one is exit 2, nothing touched
-    backend, probed_v4 = detect_backend(runner, forced, legacy_empty=no_legacy_tables)
-    return RestoreApplier(backend, runner, probed_v4)
+    backend, probed_v4 = detect_backend(runner, forced, known_empty=no_tables)
+    return RestoreApplier(backend, runner, probed_v4, known_empty=no_tables)
 
 
 def run(argv: Sequence[str], env: Mapping[str, str], runner: Runner) -> int:

@@ -8,9 +8,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
+from netinit.apply import netns
 from netinit.apply.runner import Runner, denied, find_executable, privilege_message
 from netinit.core.plan import Family
 from netinit.errors import ApplyError, BackendError
+
+
+NFPROTO_IPV4, NFPROTO_IPV6 = 2, 10
 
 
 class Backend(NamedTuple):
@@ -29,13 +33,20 @@ def _binaries(flavor: str) -> list[str]:
     return [f"{p}tables-{flavor}-{op}" for p in ("ip", "ip6") for op in ("save", "restore")]
 
 
-def no_legacy_tables() -> bool:
-    """True when the kernel lists no legacy IPv4 table in the current namespace (``/proc/net/ip_tables_names``
-    exists and is empty): ``iptables-legacy-save`` reads that very file to know what to dump, so it would print
-    nothing. A fresh pod namespace is like that, so on nft nodes the legacy probe is one process start saved per
-    pod. Missing or unreadable: False, and the real probe runs (and reports what is wrong)."""
+def no_tables(flavor: str, fam: Family) -> bool:
+    """True when the kernel says this namespace holds no ``flavor`` table of family ``fam``, so that flavour's
+    ``iptables-save`` would print nothing and need not be started: a fresh pod namespace is like that, and the
+    save is one process start of every pod's start-up. Legacy: ``/proc/net/ip{,6}_tables_names`` is empty (the
+    file iptables-legacy-save itself reads to know what to dump). nft: a netlink dump of the family's nf_tables
+    tables finds none (iptables-nft-save prints only those). Missing, unreadable or refused: False, and the real
+    command runs (and reports what is wrong)."""
+    if flavor == "nft":
+        try:
+            return not netns.nft_table_names(NFPROTO_IPV6 if fam == 6 else NFPROTO_IPV4)
+        except OSError:
+            return False
     try:
-        with open("/proc/net/ip_tables_names", "rb") as names:
+        with open(f"/proc/net/ip{'6' if fam == 6 else ''}_tables_names", "rb") as names:
             return names.read(1) == b""
     except OSError:
         return False
@@ -45,15 +56,15 @@ def detect_backend(
     runner: Runner,
     forced: str | None = None,
     which: Callable[[str], str | None] | None = None,
-    legacy_empty: Callable[[], bool] = lambda: False,
+    known_empty: Callable[[str, Family], bool] = lambda flavor, fam: False,
 ) -> tuple[Backend, str]:
     """Like istio-iptables: legacy only when legacy already holds rules and works; else nft; else legacy.
 
     ``forced`` (``--force-iptables-binary``) skips detection but still checks the binaries exist.
     Returns the backend and the IPv4 ``iptables-save`` text its probe read, so the caller's snapshot
-    need not run the same command again (netinit's run time is pod start-up time). ``legacy_empty``
-    (:func:`no_legacy_tables` in production) answers the legacy probe without running ``iptables-legacy-save``
-    when the kernel says it would print nothing.
+    need not run the same command again (netinit's run time is pod start-up time). ``known_empty``
+    (:func:`no_tables` in production) answers a probe without running its ``iptables-save`` when the kernel
+    says it would print nothing; the binaries must still exist.
     """
     lookup = which if which is not None else find_executable
     problems: list[str] = []
@@ -64,7 +75,7 @@ def detect_backend(
         if missing:
             problems.append(f"{flavor}: {', '.join(missing)} not found")
             return None
-        if flavor == "legacy" and legacy_empty():
+        if known_empty(flavor, 4):
             return ""
         res = runner.run(Backend(flavor).save_cmd(4))
         if res.returncode != 0:
@@ -116,15 +127,24 @@ class RestoreApplier:
 
     name = "restore"
 
-    def __init__(self, backend: Backend, runner: Runner, probed_v4: str | None = None) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        runner: Runner,
+        probed_v4: str | None = None,
+        known_empty: Callable[[str, Family], bool] = lambda flavor, fam: False,
+    ) -> None:
         self.backend = backend
         self.runner = runner
         self._probed_v4 = probed_v4  # detection's read, served once to the first IPv4 save
+        self._known_empty = known_empty  # as in detect_backend: skips a save that would print nothing
 
     def save(self, fam: Family) -> str:
         if fam == 4 and self._probed_v4 is not None:
             state, self._probed_v4 = self._probed_v4, None
             return state
+        if self._known_empty(self.backend.flavor, fam):
+            return ""
         res = self.runner.run(self.backend.save_cmd(fam))
         if res.returncode != 0:
             raise BackendError(f"netinit: {' '.join(self.backend.save_cmd(fam))} failed: {res.stderr.strip()}")

@@ -87,7 +87,8 @@ NFPROTO_INET = 1
 
 def _dump(protocol: int, msg_type: int, header: bytes) -> Iterator[tuple[bytes, dict[int, bytes]]]:
     """One netlink dump: each answer's fixed header (as long as the request's) and its attributes by type. The
-    standard library is enough, and a netlink round trip costs far less than starting ``ip`` or ``nft``."""
+    standard library is enough, and a netlink round trip costs far less than starting ``ip`` or ``nft``. A
+    refusal (an error answer: no privilege, no such subsystem) raises OSError, so it never reads as empty."""
     s = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW, protocol)
     try:
         s.sendto(struct.pack("=LHHLL", 16 + len(header), msg_type, _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0) + header, (0, 0))
@@ -96,6 +97,10 @@ def _dump(protocol: int, msg_type: int, header: bytes) -> Iterator[tuple[bytes, 
             off = 0
             while off + 16 <= len(data):
                 length, typ, _flags, _seq, _pid = struct.unpack_from("=LHHLL", data, off)
+                if typ == _NLMSG_ERROR and length >= 20:
+                    (err,) = struct.unpack_from("=i", data, off + 16)
+                    if err:
+                        raise OSError(-err, os.strerror(-err))
                 if typ in (_NLMSG_DONE, _NLMSG_ERROR) or length < 16:
                     return
                 fixed = data[off + 16 : off + 16 + len(header)]
@@ -122,15 +127,20 @@ def addresses() -> Iterator[ipaddress.IPv4Address | ipaddress.IPv6Address]:
                 yield ipaddress.ip_address(found) if fixed[0] == _socket.AF_INET6 else ipaddress.IPv4Address(found)
 
 
+def nft_table_names(family: int) -> list[str]:
+    """The nf_tables tables of ``family`` (an NFPROTO_* number) in the current namespace, over netlink: what
+    ``nft list tables`` prints, without starting nft. Raises OSError where the kernel refuses the dump."""
+    return [
+        attrs[_NFTA_TABLE_NAME].rstrip(b"\0").decode()
+        for _fixed, attrs in _dump(_NETLINK_NETFILTER, _NFT_MSG_GETTABLE, struct.pack("=BBH", family, 0, 0))
+        if _NFTA_TABLE_NAME in attrs
+    ]
+
+
 def nft_tables(family: int = NFPROTO_INET) -> list[str]:
-    """The nftables tables of ``family`` in the current namespace, read over netlink (what ``nft list tables
-    inet`` prints, without starting nft: this runs on every apply). Empty where the kernel has no nf_tables."""
+    """:func:`nft_table_names`, empty where the kernel has no nf_tables (this runs on every apply)."""
     try:
-        return [
-            attrs[_NFTA_TABLE_NAME].rstrip(b"\0").decode()
-            for _fixed, attrs in _dump(_NETLINK_NETFILTER, _NFT_MSG_GETTABLE, struct.pack("=BBH", family, 0, 0))
-            if _NFTA_TABLE_NAME in attrs
-        ]
+        return nft_table_names(family)
     except OSError:
         return []
 

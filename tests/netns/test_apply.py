@@ -220,9 +220,10 @@ def test_in_process_main_applies_in_current_namespace(netns: str) -> None:
     assert main is not None
 
 
-def test_auto_detection_in_a_fresh_namespace_skips_the_empty_legacy_probe(netns: str, tmp_path: Path) -> None:
-    """A fresh pod namespace lists no legacy table, so netinit does not start iptables-legacy-save to learn that
-    (one process per pod on nft nodes); once legacy holds rules, the probe runs and legacy is kept, as before."""
+def test_auto_detection_in_a_fresh_namespace_starts_no_save(netns: str, tmp_path: Path) -> None:
+    """A fresh pod namespace holds no table of either flavour, so netinit starts no iptables-save to learn that or
+    to snapshot it (the kernel says so: /proc/net/ip_tables_names, an nf_tables netlink dump); once a flavour
+    holds tables, its save runs again, and legacy with rules is kept, as before."""
     log = tmp_path / "calls"
     shims = tmp_path / "bin"
     shims.mkdir()
@@ -232,19 +233,58 @@ def test_auto_detection_in_a_fresh_namespace_skips_the_empty_legacy_probe(netns:
         (shims / name).write_text(f'#!/bin/sh\necho {name} >> {log}\nexec {real} "$@"\n')
         (shims / name).chmod(0o755)
     env = {"PATH": f"{shims}:{os.environ['PATH']}"}
-    probe = "from netinit.apply.iptables import no_legacy_tables; print(no_legacy_tables())"
-    assert _in_netns(netns, probe).stdout.strip() == "True"
+    probe = "from netinit.apply.iptables import no_tables; print(no_tables('legacy', 4), no_tables('nft', 4))"
+    assert _in_netns(netns, probe).stdout.split() == ["True", "True"]
 
     res = netlab.run_netinit("--network-namespace", netns, "-i", "*", "-b", "*", env=env)
     assert res.returncode == 0, res.stderr
     assert "backend: iptables-nft" in res.stderr
-    assert log.read_text().split() == ["iptables-nft-save"]  # the legacy probe was answered by the kernel
+    assert not log.exists()  # neither probe nor snapshot needed a process
     assert "ISTIO_OUTPUT" in save(netns, "nft")
+    assert _in_netns(netns, probe).stdout.split() == ["True", "False"]
+    res = netlab.run_netinit("--network-namespace", netns, "-i", "*", "-b", "*", env=env)  # a re-run: a no-op
+    assert res.returncode == 0, res.stderr
+    assert log.read_text().split() == ["iptables-nft-save"]  # now there is something to read
     assert netinit(netns, "nft", "--cleanup-only").returncode == 0
 
     assert netinit(netns, "legacy", "-i", "*", "-b", "*").returncode == 0
-    assert _in_netns(netns, probe).stdout.strip() == "False"
+    assert _in_netns(netns, probe).stdout.split()[0] == "False"
     log.write_text("")
     res = netlab.run_netinit("--network-namespace", netns, "-i", "*", "-b", "*", env=env)
     assert res.returncode == 0, res.stderr
     assert "backend: iptables-legacy" in res.stderr and log.read_text().split() == ["iptables-legacy-save"]
+
+
+def test_no_tables_is_per_family_and_never_guesses(netns: str) -> None:
+    """The shortcut answers "empty" only for what the kernel listed: an ip6 table leaves IPv4 empty but not IPv6,
+    and a dump the kernel refuses (no CAP_NET_ADMIN) is "unknown", so the real iptables-save runs and reports."""
+    netlab.sh("nft", "add", "table", "ip6", "other", ns=netns)
+    netlab.sh("ip6tables-legacy", "-t", "nat", "-N", "X", ns=netns)
+    probe = (
+        "from netinit.apply.iptables import no_tables; "
+        "print(*(no_tables(fl, fam) for fl in ('nft', 'legacy') for fam in (4, 6)))"
+    )
+    assert _in_netns(netns, probe).stdout.split() == ["True", "False", "True", "False"]
+    unprivileged = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            netns,
+            "setpriv",
+            "--reuid",
+            "1000",
+            "--regid",
+            "1000",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            probe.replace("fl in ('nft', 'legacy')", "fl in ('nft',)"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert unprivileged.returncode == 0, unprivileged.stderr
+    assert unprivileged.stdout.split() == ["False", "False"]

@@ -80,16 +80,31 @@ def test_probe_read_serves_the_first_snapshot_only() -> None:
 
 def test_an_empty_legacy_kernel_answers_the_legacy_probe_without_a_process() -> None:
     # A fresh pod namespace: /proc/net/ip_tables_names is empty, so iptables-legacy-save would print nothing.
+    def legacy_empty(flavor: str, fam: int) -> bool:
+        return flavor == "legacy"
+
     r = Scripted({"iptables-nft-save": Completed(0, EMPTY, "")})
-    backend, state = detect_backend(r, which=which_all, legacy_empty=lambda: True)
+    backend, state = detect_backend(r, which=which_all, known_empty=legacy_empty)
     assert backend.flavor == "nft" and state == EMPTY
     assert r.calls == ["iptables-nft-save"]
     r = Scripted({"iptables-nft-save": Completed(1, "", "no nft")})
-    backend, state = detect_backend(r, which=which_all, legacy_empty=lambda: True)
+    backend, state = detect_backend(r, which=which_all, known_empty=legacy_empty)
     assert (backend.flavor, state, r.calls) == ("legacy", "", ["iptables-nft-save"])  # the fallback, unprobed
     r = Scripted({})
-    assert detect_backend(r, "legacy", which_all, legacy_empty=lambda: True) == (Backend("legacy"), "")
+    assert detect_backend(r, "legacy", which_all, known_empty=legacy_empty) == (Backend("legacy"), "")
     assert r.calls == []
     # The binaries must still be there: the shortcut answers the probe, not the install.
     with pytest.raises(BackendError, match="iptables-legacy-restore"):
-        detect_backend(Scripted({}), "legacy", lambda name: None, legacy_empty=lambda: True)
+        detect_backend(Scripted({}), "legacy", lambda name: None, known_empty=legacy_empty)
+
+
+def test_a_namespace_with_no_tables_needs_no_save_at_all() -> None:
+    # Both flavours empty (a fresh pod): nft is chosen, as istio-iptables would, and neither the probe nor the
+    # snapshot starts a process; a family the kernel did not call empty is still read.
+    r = Scripted({})
+    backend, state = detect_backend(r, which=which_all, known_empty=lambda flavor, fam: True)
+    assert (backend, state, r.calls) == (Backend("nft"), "", [])
+    applier = RestoreApplier(backend, r, state, known_empty=lambda flavor, fam: fam == 4)
+    assert applier.save(4) == "" and applier.save(4) == "" and r.calls == []
+    r.outputs["ip6tables-nft-save"] = Completed(0, EMPTY, "")
+    assert applier.save(6) == EMPTY and r.calls == ["ip6tables-nft-save"]
