@@ -13,7 +13,6 @@ from netinit.apply.runner import Runner, denied, find_executable, privilege_mess
 from netinit.core.plan import Family
 from netinit.errors import ApplyError, BackendError
 
-
 NFPROTO_IPV4, NFPROTO_IPV6 = 2, 10
 
 
