@@ -14,6 +14,20 @@
  *       RATE 0 is saturation: each connection sends its next request as soon as the answer arrives.
  *       Requests due in the first WARMUP_SECONDS (default 1) are sent but not recorded.
  *       Prints one JSON object: counts, achieved rate, and latency percentiles in microseconds.
+ *
+ *   httpload relay OUT_PORT IN_PORT
+ *       The cheapest possible sidecar proxy, the floor to compare a real one's CPU cost with: a transparent TCP
+ *       relay for connections that the capture rules REDIRECT to 0.0.0.0:OUT_PORT (outbound) or :IN_PORT
+ *       (inbound), run as the proxy's uid. Each accepted connection is joined to a new connection to its original
+ *       destination (SO_ORIGINAL_DST); inbound ones are made from 127.0.0.6, as Envoy's inbound passthrough does,
+ *       so that the rules' "-o lo -s 127.0.0.6/32 -j RETURN" lets them reach the app instead of looping back.
+ *       Bytes are copied both ways through a buffer per direction (a full buffer stops reading its side), an EOF
+ *       is passed on as shutdown(SHUT_WR) once the buffer behind it has drained, and a pair is freed when both
+ *       directions are done; a reset, a refused upstream connect or a connection that was not redirected resets
+ *       the other side. One epoll thread, IPv4 only, nothing printed per connection. On SIGTERM or SIGINT it
+ *       exits 0 after printing one JSON line to stderr: per port the connections accepted, bytes relayed up (to
+ *       the original destination) and down, and errors (pairs that ended in a reset or failure), and the pairs
+ *       still open.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -25,7 +39,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <signal.h>
 #include <sys/epoll.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/timerfd.h>
 #include <time.h>
@@ -418,9 +434,301 @@ static int load(int argc, char **argv) {
     return L.st.errors > 0 || in_flight + L.qlen > 0 ? 1 : 0;
 }
 
+/* ---------------------------------------------------------------- relay */
+
+#ifndef SO_ORIGINAL_DST
+#define SO_ORIGINAL_DST 80 /* <linux/netfilter_ipv4.h> */
+#endif
+#ifndef IP_BIND_ADDRESS_NO_PORT
+#define IP_BIND_ADDRESS_NO_PORT 24
+#endif
+#define RELAY_BUF 16384
+
+enum kind { LISTENER, SIGNALS, DOWN, UP };
+
+struct rstats {
+    long connections, bytes_up, bytes_down, errors;
+};
+
+struct listener {
+    enum kind kind; /* first: what epoll's data.ptr points at is told by it */
+    int fd;
+    const char *name;
+    int inbound;
+    struct rstats st;
+};
+
+struct pair;
+
+struct side {
+    enum kind kind; /* DOWN: the accepted connection; UP: ours to the original destination */
+    int fd;
+    int readable, writable; /* edge-triggered: set by an event, cleared by EAGAIN */
+    struct pair *pair;
+};
+
+struct flow { /* bytes read from one side, not yet written to the other */
+    size_t start, len;
+    int eof;      /* the source side sent its FIN */
+    int shut;     /* ... and it was passed on */
+    char buf[RELAY_BUF];
+};
+
+struct pair {
+    struct side down, up;
+    struct flow to_up, to_down;
+    int connecting;
+    int dead; /* closed; freed after the current batch of events */
+    struct listener *from;
+    struct pair *next_dead;
+};
+
+static struct {
+    int ep;
+    long open;
+    struct pair *dead;
+} R;
+
+static int listen_on(int port) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) die("socket");
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    addr.sin_addr.s_addr = htonl(INADDR_ANY);
+    if (bind(fd, (struct sockaddr *)&addr, sizeof addr) < 0) die("bind");
+    if (listen(fd, 4096) < 0) die("listen");
+    return fd;
+}
+
+/* Closes a side at once; with reset, an RST instead of a FIN (SO_LINGER 0), which passes a failure on. */
+static void close_side(struct side *s, int reset) {
+    if (s->fd < 0) return;
+    if (reset) {
+        struct linger lg = {.l_onoff = 1, .l_linger = 0};
+        setsockopt(s->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    }
+    close(s->fd); /* also leaves the epoll set: no fd is ever duplicated */
+    s->fd = -1;
+}
+
+static void end_pair(struct pair *p, int error) {
+    if (p->dead) return;
+    if (error) p->from->st.errors++;
+    close_side(&p->down, error);
+    close_side(&p->up, error);
+    p->dead = 1;
+    p->next_dead = R.dead;
+    R.dead = p;
+    R.open--;
+}
+
+/* Moves what it can from src to dst through f; -1 on an error, else whether anything happened. */
+static int pump(struct side *src, struct side *dst, struct flow *f, long *relayed) {
+    int progress = 0;
+    if (!f->eof && src->readable) {
+        if (f->len == 0) f->start = 0;
+        if (f->start + f->len == sizeof f->buf && f->start > 0) {
+            memmove(f->buf, f->buf + f->start, f->len);
+            f->start = 0;
+        }
+        size_t room = sizeof f->buf - f->start - f->len;
+        if (room > 0) {
+            ssize_t r = read(src->fd, f->buf + f->start + f->len, room);
+            if (r > 0) {
+                f->len += (size_t)r;
+                progress = 1;
+            } else if (r == 0) {
+                f->eof = 1;
+                progress = 1;
+            } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                src->readable = 0;
+            } else if (errno != EINTR) {
+                return -1;
+            }
+        }
+    }
+    if (f->len > 0 && dst->writable) {
+        ssize_t w = send(dst->fd, f->buf + f->start, f->len, MSG_NOSIGNAL);
+        if (w > 0) {
+            f->start += (size_t)w;
+            f->len -= (size_t)w;
+            *relayed += w;
+            progress = 1;
+        } else if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            dst->writable = 0;
+        } else if (w < 0 && errno != EINTR) {
+            return -1;
+        }
+    }
+    if (f->eof && f->len == 0 && !f->shut && dst->writable) {
+        if (shutdown(dst->fd, SHUT_WR) < 0) return -1;
+        f->shut = 1;
+        progress = 1;
+    }
+    return progress;
+}
+
+static void relay_pair(struct pair *p) {
+    if (p->connecting) { /* bytes from downstream wait in to_up until the upstream connection is up */
+        if (pump(&p->down, &p->up, &p->to_up, &p->from->st.bytes_up) < 0) end_pair(p, 1);
+        return;
+    }
+    for (;;) {
+        int a = pump(&p->down, &p->up, &p->to_up, &p->from->st.bytes_up);
+        int b = a < 0 ? 0 : pump(&p->up, &p->down, &p->to_down, &p->from->st.bytes_down);
+        if (a < 0 || b < 0) {
+            end_pair(p, 1);
+            return;
+        }
+        if (p->to_up.shut && p->to_down.shut) {
+            end_pair(p, 0);
+            return;
+        }
+        if (!a && !b) return;
+    }
+}
+
+static void add_side(struct side *s) {
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLET, .data.ptr = s};
+    if (epoll_ctl(R.ep, EPOLL_CTL_ADD, s->fd, &ev) < 0) die("epoll_ctl");
+}
+
+/* A new captured connection: look up where it was going, and start connecting there. */
+static void accept_pair(struct listener *l, int fd) {
+    l->st.connections++;
+    nodelay(fd);
+    struct sockaddr_in dst, self;
+    socklen_t dlen = sizeof dst, slen = sizeof self;
+    int up = -1;
+    if (getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, &dst, &dlen) < 0 || getsockname(fd, (struct sockaddr *)&self, &slen) < 0 ||
+        (dst.sin_addr.s_addr == self.sin_addr.s_addr && dst.sin_port == self.sin_port)) {
+        goto refuse; /* not redirected here: nowhere to relay it to (and never to ourselves) */
+    }
+    up = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (up < 0) goto refuse;
+    nodelay(up);
+    if (l->inbound) {
+        int one = 1; /* the port is picked by connect(), per destination, not by bind() out of one shared pool */
+        setsockopt(up, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+        struct sockaddr_in src = {.sin_family = AF_INET};
+        src.sin_addr.s_addr = htonl(0x7f000006); /* 127.0.0.6 */
+        if (bind(up, (struct sockaddr *)&src, sizeof src) < 0) goto refuse;
+    }
+    if (connect(up, (struct sockaddr *)&dst, sizeof dst) < 0 && errno != EINPROGRESS) goto refuse;
+    struct pair *p = calloc(1, sizeof *p);
+    if (p == NULL) goto refuse;
+    p->from = l;
+    p->connecting = 1;
+    p->down = (struct side){.kind = DOWN, .fd = fd, .pair = p};
+    p->up = (struct side){.kind = UP, .fd = up, .pair = p};
+    R.open++;
+    add_side(&p->down);
+    add_side(&p->up);
+    return;
+refuse:
+    l->st.errors++;
+    if (up >= 0) close(up);
+    struct side s = {.fd = fd};
+    close_side(&s, 1);
+}
+
+static void on_event(struct side *s, uint32_t events) {
+    struct pair *p = s->pair;
+    if (p->dead) return; /* ended by an earlier event of this batch */
+    if (events & EPOLLERR) { /* a reset, or the upstream connect refused */
+        end_pair(p, 1);
+        return;
+    }
+    if (events & (EPOLLIN | EPOLLHUP)) s->readable = 1;
+    if (events & (EPOLLOUT | EPOLLHUP)) s->writable = 1;
+    if (p->connecting && s->kind == UP && s->writable) {
+        int err = 0;
+        socklen_t len = sizeof err;
+        if (getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0 || err) {
+            end_pair(p, 1);
+            return;
+        }
+        p->connecting = 0;
+    }
+    relay_pair(p);
+}
+
+static void print_stats(const struct listener *ls, int n) {
+    fprintf(stderr, "{");
+    for (int i = 0; i < n; i++) {
+        const struct rstats *st = &ls[i].st;
+        fprintf(stderr, "\"%s\": {\"connections\": %ld, \"bytes_up\": %ld, \"bytes_down\": %ld, \"errors\": %ld}, ",
+                ls[i].name, st->connections, st->bytes_up, st->bytes_down, st->errors);
+    }
+    fprintf(stderr, "\"open\": %ld}\n", R.open);
+}
+
+static int parse_port(const char *arg) {
+    char *end;
+    errno = 0;
+    long v = strtol(arg, &end, 10);
+    return errno == 0 && *arg != '\0' && *end == '\0' && v > 0 && v < 65536 ? (int)v : -1;
+}
+
+static int relay(int argc, char **argv) {
+    int out_port = argc == 3 ? parse_port(argv[1]) : -1, in_port = argc == 3 ? parse_port(argv[2]) : -1;
+    if (out_port < 0 || in_port < 0 || out_port == in_port) {
+        fprintf(stderr, "usage: httpload relay OUT_PORT IN_PORT (two different ports, 1-65535)\n");
+        return 2;
+    }
+    struct listener ls[2] = {
+        {.kind = LISTENER, .fd = listen_on(out_port), .name = "outbound", .inbound = 0},
+        {.kind = LISTENER, .fd = listen_on(in_port), .name = "inbound", .inbound = 1},
+    };
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGINT);
+    if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0) die("sigprocmask");
+    enum kind signals = SIGNALS;
+    int sfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (sfd < 0) die("signalfd");
+    R.ep = epoll_create1(EPOLL_CLOEXEC);
+    if (R.ep < 0) die("epoll_create1");
+    for (int i = 0; i < 2; i++) {
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &ls[i]};
+        if (epoll_ctl(R.ep, EPOLL_CTL_ADD, ls[i].fd, &ev) < 0) die("epoll_ctl");
+    }
+    struct epoll_event sev = {.events = EPOLLIN, .data.ptr = &signals};
+    if (epoll_ctl(R.ep, EPOLL_CTL_ADD, sfd, &sev) < 0) die("epoll_ctl");
+    fprintf(stderr, "httpload: relaying on :%d (outbound) and :%d (inbound)\n", out_port, in_port);
+    struct epoll_event events[MAX_EVENTS];
+    for (;;) {
+        int n = epoll_wait(R.ep, events, MAX_EVENTS, -1);
+        if (n < 0 && errno != EINTR) die("epoll_wait");
+        for (int i = 0; i < n; i++) {
+            enum kind *k = events[i].data.ptr;
+            if (*k == SIGNALS) {
+                print_stats(ls, 2);
+                return 0;
+            }
+            if (*k == LISTENER) {
+                struct listener *l = (struct listener *)k;
+                int fd;
+                while ((fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0) accept_pair(l, fd);
+                continue;
+            }
+            on_event((struct side *)k, events[i].events);
+        }
+        while (R.dead != NULL) {
+            struct pair *p = R.dead;
+            R.dead = p->next_dead;
+            free(p);
+        }
+    }
+}
+
 int main(int argc, char **argv) {
     if (argc >= 3 && strcmp(argv[1], "serve") == 0) serve(atoi(argv[2]));
     if (argc >= 2 && strcmp(argv[1], "load") == 0) return load(argc - 1, argv + 1);
-    fprintf(stderr, "usage: httpload serve PORT | httpload load HOST PORT RATE SECONDS CONNECTIONS MODE [WARMUP]\n");
+    if (argc >= 2 && strcmp(argv[1], "relay") == 0) return relay(argc - 1, argv + 1);
+    fprintf(stderr, "usage: httpload serve PORT | httpload load HOST PORT RATE SECONDS CONNECTIONS MODE [WARMUP] | "
+                    "httpload relay OUT_PORT IN_PORT\n");
     return 2;
 }

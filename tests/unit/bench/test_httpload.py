@@ -5,6 +5,7 @@ queueing it causes for every request due during it, not as one slow sample (no c
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import threading
@@ -97,3 +98,43 @@ def test_bad_arguments_are_refused(httpload: Path) -> None:
         [str(httpload), "load", "localhost", "80", "1", "1", "1", "close"], capture_output=True, text=True
     )
     assert res.returncode == 2 and "IPv4 address" in res.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["15001"],
+        ["15001", "15006", "1"],
+        ["x", "15006"],
+        ["0", "15006"],
+        ["15001", "65536"],
+        ["15001", "15001"],
+        ["15001", "15006x"],
+    ],
+)
+def test_relay_refuses_bad_arguments(httpload: Path, args: list[str]) -> None:
+    res = subprocess.run([str(httpload), "relay", *args], capture_output=True, text=True, timeout=5)
+    assert res.returncode == 2 and "usage: httpload relay OUT_PORT IN_PORT" in res.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_relay_resets_what_was_not_redirected_and_reports_on_a_signal(httpload: Path, sig: signal.Signals) -> None:
+    """Without a REDIRECT there is no original destination (or it is the relay itself): the connection is reset,
+    counted as an error of its port, and the counters come out as one JSON line when the relay is stopped."""
+    out_port, in_port = free_port(), free_port()
+    proc = subprocess.Popen([str(httpload), "relay", str(out_port), str(in_port)], stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    try:
+        assert f"relaying on :{out_port} (outbound) and :{in_port} (inbound)" in proc.stderr.readline()
+        with socket.create_connection(("127.0.0.1", in_port), timeout=5) as s:
+            with pytest.raises(ConnectionResetError):
+                s.sendall(b"hello")
+                s.recv(10)
+    finally:
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=5)
+    assert proc.returncode == 0, err
+    idle = {"connections": 0, "bytes_up": 0, "bytes_down": 0, "errors": 0}
+    refused = {"connections": 1, "bytes_up": 0, "bytes_down": 0, "errors": 1}
+    assert json.loads(err.strip().splitlines()[-1]) == {"outbound": idle, "inbound": refused, "open": 0}
