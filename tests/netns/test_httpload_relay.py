@@ -193,8 +193,8 @@ def test_bulk_both_ways_through_full_buffers_and_a_half_close(binary: Path, pair
 _ATTEMPT = r"""
 import json, socket, sys, time
 t = time.monotonic()
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
 try:
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
     s.sendall(b"GET / HTTP/1.1\r\n\r\n")
     outcome = "answered" if s.recv(100) else "eof"
 except (ConnectionResetError, BrokenPipeError):
