@@ -463,7 +463,8 @@ struct pair;
 struct side {
     enum kind kind; /* DOWN: the accepted connection; UP: ours to the original destination */
     int fd;
-    int readable, writable; /* edge-triggered: set by an event, cleared by EAGAIN */
+    int readable, writable; /* edge-triggered: set by an event, cleared by EAGAIN or a short read/write */
+    int rdhup;              /* its FIN has arrived: read on to the EOF even after a short read */
     struct pair *pair;
 };
 
@@ -538,6 +539,9 @@ static int pump(struct side *src, struct side *dst, struct flow *f, long *relaye
             if (r > 0) {
                 f->len += (size_t)r;
                 progress = 1;
+                /* Short: the receive queue is empty, and new data will raise a new edge. That saves the read
+                 * that would only return EAGAIN - unless the FIN is already in, whose edge has been seen. */
+                if ((size_t)r < room && !src->rdhup) src->readable = 0;
             } else if (r == 0) {
                 f->eof = 1;
                 progress = 1;
@@ -555,6 +559,7 @@ static int pump(struct side *src, struct side *dst, struct flow *f, long *relaye
             f->len -= (size_t)w;
             *relayed += w;
             progress = 1;
+            if (f->len > 0) dst->writable = 0; /* short: the send buffer is full, EPOLLOUT will tell */
         } else if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
             dst->writable = 0;
         } else if (w < 0 && errno != EINTR) {
@@ -590,7 +595,7 @@ static void relay_pair(struct pair *p) {
 }
 
 static void add_side(struct side *s) {
-    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLET, .data.ptr = s};
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET, .data.ptr = s};
     if (epoll_ctl(R.ep, EPOLL_CTL_ADD, s->fd, &ev) < 0) die("epoll_ctl");
 }
 
@@ -640,7 +645,8 @@ static void on_event(struct side *s, uint32_t events) {
         end_pair(p, 1);
         return;
     }
-    if (events & (EPOLLIN | EPOLLHUP)) s->readable = 1;
+    if (events & (EPOLLRDHUP | EPOLLHUP)) s->rdhup = 1;
+    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP)) s->readable = 1;
     if (events & (EPOLLOUT | EPOLLHUP)) s->writable = 1;
     if (p->connecting && s->kind == UP && s->writable) {
         int err = 0;
