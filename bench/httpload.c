@@ -731,6 +731,7 @@ static int relay(int argc, char **argv) {
 }
 
 int main(int argc, char **argv) {
+    signal(SIGPIPE, SIG_IGN); /* a peer that resets mid-write is an error to count, not a reason to die */
     if (argc >= 3 && strcmp(argv[1], "serve") == 0) serve(atoi(argv[2]));
     if (argc >= 2 && strcmp(argv[1], "load") == 0) return load(argc - 1, argv + 1);
     if (argc >= 2 && strcmp(argv[1], "relay") == 0) return relay(argc - 1, argv + 1);

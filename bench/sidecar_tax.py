@@ -1,21 +1,24 @@
 """The sidecar tax: what two injected proxies add to a client pod -> server pod request, against the same two pods
 without sidecars, measured in the same run; and what each proxy costs in CPU and memory while doing it.
 
-Four pods come up in network namespaces (lab.podlab, so each injected pod runs exactly what injection wrote:
+Six pods come up in network namespaces (lab.podlab, so each injected pod runs exactly what injection wrote:
 netinit with the injected args, Envoy with the injected command line as uid 1337): a plain client and server,
-and an injected client and server. Each pod hangs off its own "node" namespace, and the client's node is routed
-to the server's node over a veth, so a request crosses pod -> node -> node -> pod in both cases; with sidecars it
-also goes app -> client Envoy (15001, outbound capture) -> server Envoy (15006, inbound capture) -> app. The app
-and the load generator are ``bench/httpload.c``: a one-thread epoll HTTP server and an open-loop generator
-that counts each request's latency from the moment it was due (no coordinated omission), run as uid 1000.
+an injected client and server, and the same injected pair with ``httpload relay`` (a transparent C relay, the
+cheapest sidecar there can be) in Envoy's place: the same-run floor for a proxy's CPU cost and latency. Each pod
+hangs off its own "node" namespace, and the client's node is routed to the server's node over a veth, so a
+request crosses pod -> node -> node -> pod in every pair; with sidecars it also goes app -> client Envoy (15001,
+outbound capture) -> server Envoy (15006, inbound capture) -> app. The app and the load generator are
+``bench/httpload.c``: a one-thread epoll HTTP server and an open-loop generator that counts each request's
+latency from the moment it was due (no coordinated omission), run as uid 1000.
 
-Runs alternate plain / injected for each rate and connection mode (HTTP/1.1 keep-alive, and one connection
-per request, which exercises the capture rules and the original-destination lookup on every request); each
-figure is the median over ``--repeat`` runs; "added" is injected minus plain. Then the proxies' cost: CPU
-seconds per 1000 requests from /proc/<pid>/stat over the injected 1000 rps keep-alive and saturation runs; memory
+Runs alternate plain / injected / relay for each rate and connection mode (HTTP/1.1 keep-alive, and one
+connection per request, which exercises the capture rules and the original-destination lookup on every
+request); each figure is the median over ``--repeat`` runs; "added" is injected (or relay) minus plain. Then the
+proxies' cost: CPU seconds per 1000 requests from /proc/<pid>/stat over the 1000 rps keep-alive and saturation
+runs, for each Envoy, each relay, and the plain server's app (one wake-up per request and no upstream); memory
 from /proc/<pid>/smaps_rollup (RSS split into the proxy's private pages and the Envoy binary's shared ones) at
 idle, under load and over a ``--soak`` request run (sampled every second). The bench fails loudly if the
-injected traffic did not pass through both Envoys (their passthrough cluster counters).
+injected traffic did not pass through both Envoys (their passthrough cluster counters) or both relays (theirs).
 
     sudo .venv/bin/python -m bench.sidecar_tax [--seconds 10] [--repeat 3] [--soak 100000] [--flavor legacy]
 """
@@ -34,7 +37,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +48,7 @@ from lab.shell import LabError, c_binary, sh
 
 ROOT = Path(__file__).resolve().parents[1]
 APP_UID = 1000
+PROXY_UID = 1337  # the injected proxy's uid, which netinit's rules (-u 1337) let through uncaptured
 TICK = os.sysconf("SC_CLK_TCK")
 PERCENTILES = ("p50_us", "p90_us", "p99_us")
 # Targets of issue #17 on this machine (two hops, 1000 rps keep-alive), and Istio 1.12.3's published figures.
@@ -72,15 +76,19 @@ class Pair:
     label: str
     client: podlab.RunningPod
     server: podlab.RunningPod
+    relays: dict[str, subprocess.Popen[Any]] = field(default_factory=dict)
 
     def proxies(self) -> dict[str, int]:
-        """Envoy's pid per pod (empty for the plain pair)."""
-        out = {}
+        """The proxy's pid per pod: Envoy, or the relay in its place (empty for the plain pair)."""
+        out = {role: proc.pid for role, proc in self.relays.items()}
         for role, pod in (("client", self.client), ("server", self.server)):
             proc = pod.processes.get(podlab.PROXY_CONTAINER)
             if proc is not None:
                 out[role] = proc.pid
         return out
+
+    def app_pid(self) -> int:
+        return self.server.processes["app"].pid
 
 
 def route(a: podlab.RunningPod, b: podlab.RunningPod, link_net: str) -> None:
@@ -99,8 +107,48 @@ def route(a: podlab.RunningPod, b: podlab.RunningPod, link_net: str) -> None:
         sh("sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1", "net.ipv4.ip_local_port_range=1024 65000", ns=pod.ns)
 
 
+def without_envoy(inject_pod: Injector) -> Injector:
+    """Injection minus the proxy container: netinit's rules and the app exactly as injected, for the relay."""
+
+    def run(pod: dict[str, Any]) -> dict[str, Any]:
+        out = inject_pod(pod)
+        for key in ("containers", "initContainers"):
+            out["spec"][key] = [c for c in out["spec"].get(key, []) if c["name"] != podlab.PROXY_CONTAINER]
+        return out
+
+    return run
+
+
+def start_relay(pod: podlab.RunningPod, binary: Path) -> subprocess.Popen[Any]:
+    """``httpload relay 15001 15006`` in Envoy's place: in the pod's namespace, as the proxy's uid (which the
+    capture rules let out), listening before it returns."""
+    cmd = ["ip", "netns", "exec", pod.ns, "setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", "--clear-groups"]
+    log = pod.workdir / "relay.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen([*cmd, str(binary), "relay", "15001", "15006"], stdout=out, stderr=out)
+    deadline = time.monotonic() + 5
+    while "relaying" not in log.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise LabError(f"httpload relay in {pod.ns}: {log.read_text(errors='replace')}")
+        time.sleep(0.01)
+    return proc
+
+
+def stop_relay(pod: podlab.RunningPod, proc: subprocess.Popen[Any]) -> dict[str, Any]:
+    """SIGTERM, and the counters the relay prints on its way out."""
+    proc.terminate()
+    proc.wait(timeout=10)
+    text = (pod.workdir / "relay.log").read_text(errors="replace").strip()
+    try:
+        out: dict[str, Any] = json.loads(text.splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        raise LabError(f"httpload relay: exit {proc.returncode}: {text}") from None
+    return out
+
+
 @contextmanager
-def pairs(flavor: str, binary: Path, inject_pod: Injector) -> Iterator[tuple[Pair, Pair]]:
+def pairs(flavor: str, binary: Path, inject_pod: Injector) -> Iterator[tuple[Pair, Pair, Pair]]:
     def server(ns: str, port: int, uid: int, gid: int, log: Path) -> subprocess.Popen[Any]:
         cmd = ["ip", "netns", "exec", ns, "setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
         with log.open("ab") as out:
@@ -114,7 +162,8 @@ def pairs(flavor: str, binary: Path, inject_pod: Injector) -> Iterator[tuple[Pai
 
     with ExitStack() as stack:
         made = []
-        for i, (label, transform) in enumerate((("plain", copy.deepcopy), ("injected", inject_pod))):
+        kinds = (("plain", copy.deepcopy), ("injected", inject_pod), ("relay", without_envoy(inject_pod)))
+        for i, (label, transform) in enumerate(kinds):
             c = stack.enter_context(
                 podlab.run_pod(transform(app_pod("client")), flavor, subnet=f"10.94.{4 * i + 1}", app=server)
             )
@@ -123,7 +172,19 @@ def pairs(flavor: str, binary: Path, inject_pod: Injector) -> Iterator[tuple[Pai
             )
             route(c, s, f"10.94.{4 * i + 3}")
             made.append(Pair(label, c, s))
-        yield made[0], made[1]
+        relay = made[2]
+        for role, pod in (("client", relay.client), ("server", relay.server)):
+            relay.relays[role] = start_relay(pod, binary)
+            stack.callback(relay.relays[role].kill)
+        yield made[0], made[1], relay
+        # The relay's own count: the load really went client app -> client relay (outbound) -> server relay
+        # (inbound) -> server app.
+        counts = {
+            role: stop_relay(pod, relay.relays[role])
+            for role, pod in (("client", relay.client), ("server", relay.server))
+        }
+        if not (counts["client"]["outbound"]["connections"] and counts["server"]["inbound"]["connections"]):
+            raise LabError(f"the relay pair's traffic did not pass through both relays: {counts}")
 
 
 def load(pair: Pair, binary: Path, rate: float, seconds: float, conns: int, mode: str) -> dict[str, Any]:
@@ -203,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
 def run(args: argparse.Namespace, rates: list[float], binary: Path) -> None:
     annotations = {"proxy.istio.io/config": args.proxy_config} if args.proxy_config else {}
     inject_pod = injector(json.loads(args.values), annotations)
-    with pairs(args.flavor, binary, inject_pod) as (plain, mesh):
+    with pairs(args.flavor, binary, inject_pod) as (plain, mesh, relay):
         pids = mesh.proxies()
         proxy = next(c for c in mesh.server.pod["spec"]["containers"] if c["name"] == podlab.PROXY_CONTAINER)
         argv = [*proxy.get("command", []), *proxy.get("args", [])]
@@ -214,17 +275,24 @@ def run(args: argparse.Namespace, rates: list[float], binary: Path) -> None:
         )
         time.sleep(1.0)
         idle = {role: memory(pid) for role, pid in pids.items()}
-        print(f"\n{'row':<26} {'plain p50/p90/p99':>22} {'injected p50/p90/p99':>22} {'added p50/p90/p99':>22}")
+        print(
+            f"\n{'row':<26} {'plain p50/p90/p99':>22} {'injected p50/p90/p99':>22} {'added p50/p90/p99':>22}"
+            f" {'relay added p50/p90/p99':>24}"
+        )
         cpu_rows: dict[str, list[float]] = {}
+        # What the CPU figures are measured on: Envoy, the relay in its place (the floor for any proxy that wakes
+        # up per request), and the plain pair's app server (one wake-up per request, no upstream).
+        measured = {mesh.label: pids, relay.label: relay.proxies(), "app": {"server": plain.app_pid()}}
         peak_rss = {role: mem["rss"] for role, mem in idle.items()}
         rows = [(f"{int(r)} rps {m}", r, m) for m in ("keepalive", "close") for r in rates]
         rows.append(("saturation keepalive", 0.0, "keepalive"))
         for label, rate, mode in rows:
-            results: dict[str, list[dict[str, Any]]] = {"plain": [], "injected": []}
+            results: dict[str, list[dict[str, Any]]] = {"plain": [], "injected": [], "relay": []}
             for _ in range(args.repeat):
-                for pair in (plain, mesh):
+                for pair in (plain, mesh, relay):
                     before_cx = passthrough(pair) if pair is mesh else (0, 0)
-                    cpu0 = {role: cpu_seconds(pid) for role, pid in pids.items()}
+                    watched = measured["app" if pair is plain else pair.label]
+                    cpu0 = {role: cpu_seconds(pid) for role, pid in watched.items()}
                     res = load(pair, binary, rate, args.seconds, args.conns, mode)
                     if pair is mesh:
                         after_cx = passthrough(pair)
@@ -232,18 +300,20 @@ def run(args: argparse.Namespace, rates: list[float], binary: Path) -> None:
                             raise LabError(f"{label}: the injected traffic did not pass through both Envoys")
                         for role, pid in pids.items():
                             peak_rss[role] = max(peak_rss[role], memory(pid)["rss"])
-                            if mode == "keepalive" and rate in (1000, 0):
-                                # per 1000 requests sent (the warm-up's were served too)
-                                per_1000 = (cpu_seconds(pid) - cpu0[role]) / res["sent"] * 1000
-                                cpu_rows.setdefault(f"{role} at {label}", []).append(per_1000)
+                    if mode == "keepalive" and rate in (1000, 0):
+                        for role, pid in watched.items():
+                            # per 1000 requests sent (the warm-up's were served too)
+                            per_1000 = (cpu_seconds(pid) - cpu0[role]) / res["sent"] * 1000
+                            what = "app" if pair is plain else pair.label
+                            cpu_rows.setdefault(f"{what} {role} at {label}", []).append(per_1000)
                     results[pair.label].append(res)
-            p = [median_of(results["plain"], k) / 1000 for k in PERCENTILES]
-            m = [median_of(results["injected"], k) / 1000 for k in PERCENTILES]
+            p, m, r = ([median_of(results[k], q) / 1000 for q in PERCENTILES] for k in ("plain", "injected", "relay"))
             added = [b - a for a, b in zip(p, m, strict=True)]
+            relay_added = [b - a for a, b in zip(p, r, strict=True)]
             fmt = "/".join
             line = (
                 f"{label:<26} {fmt(f'{v:.3f}' for v in p):>22} {fmt(f'{v:.3f}' for v in m):>22} "
-                f"{fmt(f'{v:+.3f}' for v in added):>22}"
+                f"{fmt(f'{v:+.3f}' for v in added):>22} {fmt(f'{v:+.3f}' for v in relay_added):>24}"
             )
             if rate == 0:
                 rps_p, rps_m = (
@@ -258,12 +328,21 @@ def run(args: argparse.Namespace, rates: list[float], binary: Path) -> None:
             f"Istio 1.12.3: +{ISTIO_ADDED_US['p90_us'] / 1000:.1f} / +{ISTIO_ADDED_US['p99_us'] / 1000:.1f} ms"
         )
 
-        print("\nper proxy (client / server Envoy)")
+        print("\nCPU s per 1000 requests (= vCPU per 1000 rps) of each proxy, the relay in its place, and the app")
         for where, values in cpu_rows.items():
-            print(
-                f"  {where}: {statistics.median(values):.4f} CPU s per 1000 requests (= vCPU per 1000 rps; target "
-                f"<= {TARGET_VCPU_PER_1000} at 1000 rps, Istio {ISTIO_VCPU_PER_1000[0]}-{ISTIO_VCPU_PER_1000[1]})"
+            target = (
+                f"; target <= {TARGET_VCPU_PER_1000} at 1000 rps, Istio {ISTIO_VCPU_PER_1000[0]}-"
+                f"{ISTIO_VCPU_PER_1000[1]}"
+                if where.startswith(mesh.label)
+                else ""
             )
+            print(f"  {where}: {statistics.median(values):.4f}{target}")
+        for where in ("client at 1000 rps keepalive", "server at 1000 rps keepalive"):
+            if f"{mesh.label} {where}" in cpu_rows:
+                envoy = statistics.median(cpu_rows[f"{mesh.label} {where}"])
+                floor = statistics.median(cpu_rows[f"{relay.label} {where}"])
+                print(f"  Envoy / relay, {where}: x{envoy / floor:.2f}")
+        print("per proxy (client / server Envoy)")
         for role, mem in idle.items():
             print(
                 f"  {role}: RSS idle {mem['rss']:.1f} MiB = {mem['private']:.1f} private + {mem['binary']:.1f} of the "
