@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from bench import pod_startup, sidecar_tax
+from bench import pod_startup, proxy_memory, sidecar_tax
 
 pytestmark = pytest.mark.requires_root
 
@@ -32,3 +32,18 @@ def test_the_startup_bench_times_every_phase_of_every_layout(capsys: pytest.Capt
     assert re.search(r"^plain\s+-\s+-\s+[\d.]+\s+[\d.]+\s*$", out, re.M), out  # no init, no proxy
     for variant in ("legacy", "legacy \\+ hold", "native sidecar"):
         assert re.search(rf"^{variant}\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+\+[\d.]+$", out, re.M), (variant, out)
+
+
+def test_the_memory_bench_shows_the_binary_shared_between_envoys(capsys: pytest.CaptureFixture[str]) -> None:
+    proxy_memory.main(["--pods", "1,2"])
+    out = capsys.readouterr().out
+    rows = {
+        int(m[0]): [float(v) for v in m[1:]]
+        for m in re.findall(r"^\s+(\d) +([\d.]+) +([\d.]+) +([\d.]+) +([\d.]+) +[\d.]+$", out, re.M)
+    }
+    assert set(rows) == {1, 2}, out
+    (rss1, private1, pss1, _), (rss2, private2, pss2, total2) = rows[1], rows[2]
+    assert rss1 > pss1 > private1 and rss2 > pss2 > private2, out
+    assert pss2 < pss1 - 10, out  # a second Envoy takes half of the executable's ~50 MiB of pages off the first
+    assert abs(total2 - 2 * pss2) < 0.2, out
+    assert re.search(r"private part of one Envoy: [\d.]+ MiB in the executable's own mappings", out), out
