@@ -342,7 +342,7 @@ def run(args: argparse.Namespace, rates: list[float], binary: Path) -> None:
                 envoy = statistics.median(cpu_rows[f"{mesh.label} {where}"])
                 floor = statistics.median(cpu_rows[f"{relay.label} {where}"])
                 print(f"  Envoy / relay, {where}: x{envoy / floor:.2f}")
-        print("per proxy (client / server Envoy)")
+        print("memory per proxy (client / server Envoy)")
         for role, mem in idle.items():
             print(
                 f"  {role}: RSS idle {mem['rss']:.1f} MiB = {mem['private']:.1f} private + {mem['binary']:.1f} of the "

@@ -13,8 +13,6 @@ from netinit.apply.runner import Runner, denied, find_executable, privilege_mess
 from netinit.core.plan import Family
 from netinit.errors import ApplyError, BackendError
 
-NFPROTO_IPV4, NFPROTO_IPV6 = 2, 10
-
 
 class Backend(NamedTuple):
     """One iptables flavour: the save/restore binaries for each family."""
@@ -41,7 +39,7 @@ def no_tables(flavor: str, fam: Family) -> bool:
     command runs (and reports what is wrong)."""
     if flavor == "nft":
         try:
-            return not netns.nft_table_names(NFPROTO_IPV6 if fam == 6 else NFPROTO_IPV4)
+            return not netns.nft_table_names(netns.NFPROTO_IPV6 if fam == 6 else netns.NFPROTO_IPV4)
         except OSError:
             return False
     try:

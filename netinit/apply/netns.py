@@ -82,7 +82,7 @@ _IFA_LOCAL = 2
 _NETLINK_NETFILTER = 12
 _NFT_MSG_GETTABLE = (10 << 8) | 1  # NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETTABLE
 _NFTA_TABLE_NAME = 1
-NFPROTO_INET = 1
+NFPROTO_INET, NFPROTO_IPV4, NFPROTO_IPV6 = 1, 2, 10  # nf_tables table families
 
 
 def _dump(protocol: int, msg_type: int, header: bytes) -> Iterator[tuple[bytes, dict[int, bytes]]]:
