@@ -14,8 +14,8 @@ latency from the moment it was due (no coordinated omission), run as uid 1000.
 Runs alternate plain / injected / relay for each rate and connection mode (HTTP/1.1 keep-alive, and one
 connection per request, which exercises the capture rules and the original-destination lookup on every
 request); each figure is the median over ``--repeat`` runs; "added" is injected (or relay) minus plain. Then the
-proxies' cost: CPU seconds per 1000 requests from /proc/<pid>/stat over the 1000 rps keep-alive and saturation
-runs, for each Envoy, each relay, and the plain server's app (one wake-up per request and no upstream); memory
+proxies' cost: CPU seconds per 1000 requests from /proc/<pid>/stat over each keep-alive run (every rate and
+saturation), for each Envoy, each relay, and the plain server's app (one wake-up per request and no upstream); memory
 from /proc/<pid>/smaps_rollup (RSS split into the proxy's private pages and the Envoy binary's shared ones) at
 idle, under load and over a ``--soak`` request run (sampled every second). The bench fails loudly if the
 injected traffic did not pass through both Envoys (their passthrough cluster counters) or both relays (theirs).
@@ -124,7 +124,7 @@ def start_relay(pod: podlab.RunningPod, binary: Path) -> subprocess.Popen[Any]:
     capture rules let out), listening before it returns."""
     cmd = ["ip", "netns", "exec", pod.ns, "setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", "--clear-groups"]
     log = pod.workdir / "relay.log"
-    with log.open("ab") as out:
+    with log.open("wb") as out:  # a new log per relay: its first line says it listens, its last what it relayed
         proc = subprocess.Popen([*cmd, str(binary), "relay", "15001", "15006"], stdout=out, stderr=out)
     deadline = time.monotonic() + 5
     while "relaying" not in log.read_text(errors="replace"):
@@ -138,7 +138,11 @@ def start_relay(pod: podlab.RunningPod, binary: Path) -> subprocess.Popen[Any]:
 def stop_relay(pod: podlab.RunningPod, proc: subprocess.Popen[Any]) -> dict[str, Any]:
     """SIGTERM, and the counters the relay prints on its way out."""
     proc.terminate()
-    proc.wait(timeout=10)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
     text = (pod.workdir / "relay.log").read_text(errors="replace").strip()
     try:
         out: dict[str, Any] = json.loads(text.splitlines()[-1])
@@ -147,8 +151,9 @@ def stop_relay(pod: podlab.RunningPod, proc: subprocess.Popen[Any]) -> dict[str,
     return out
 
 
-@contextmanager
-def pairs(flavor: str, binary: Path, inject_pod: Injector) -> Iterator[tuple[Pair, Pair, Pair]]:
+def app_server(binary: Path) -> podlab.AppServer:
+    """The pods' app: ``httpload serve`` in place of podlab's echo server, serving before it returns."""
+
     def server(ns: str, port: int, uid: int, gid: int, log: Path) -> subprocess.Popen[Any]:
         cmd = ["ip", "netns", "exec", ns, "setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
         with log.open("ab") as out:
@@ -160,6 +165,12 @@ def pairs(flavor: str, binary: Path, inject_pod: Injector) -> Iterator[tuple[Pai
             time.sleep(0.01)
         return proc
 
+    return server
+
+
+@contextmanager
+def pairs(flavor: str, binary: Path, inject_pod: Injector) -> Iterator[tuple[Pair, Pair, Pair]]:
+    server = app_server(binary)
     with ExitStack() as stack:
         made = []
         kinds = (("plain", copy.deepcopy), ("injected", inject_pod), ("relay", without_envoy(inject_pod)))
@@ -300,7 +311,7 @@ def run(args: argparse.Namespace, rates: list[float], binary: Path) -> None:
                             raise LabError(f"{label}: the injected traffic did not pass through both Envoys")
                         for role, pid in pids.items():
                             peak_rss[role] = max(peak_rss[role], memory(pid)["rss"])
-                    if mode == "keepalive" and rate in (1000, 0):
+                    if mode == "keepalive":  # every rate: the cost per request falls as requests batch
                         for role, pid in watched.items():
                             # per 1000 requests sent (the warm-up's were served too)
                             per_1000 = (cpu_seconds(pid) - cpu0[role]) / res["sent"] * 1000
@@ -337,11 +348,11 @@ def run(args: argparse.Namespace, rates: list[float], binary: Path) -> None:
                 else ""
             )
             print(f"  {where}: {statistics.median(values):.4f}{target}")
-        for where in ("client at 1000 rps keepalive", "server at 1000 rps keepalive"):
-            if f"{mesh.label} {where}" in cpu_rows:
-                envoy = statistics.median(cpu_rows[f"{mesh.label} {where}"])
-                floor = statistics.median(cpu_rows[f"{relay.label} {where}"])
-                print(f"  Envoy / relay, {where}: x{envoy / floor:.2f}")
+        for where in cpu_rows:
+            if where.startswith(f"{mesh.label} "):
+                at = where.removeprefix(f"{mesh.label} ")
+                envoy, floor = (statistics.median(cpu_rows[f"{k} {at}"]) for k in (mesh.label, relay.label))
+                print(f"  Envoy / relay, {at}: x{envoy / floor:.2f}")
         print("memory per proxy (client / server Envoy)")
         for role, mem in idle.items():
             print(

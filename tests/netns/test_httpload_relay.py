@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ import pytest
 
 from bench import pods, sidecar_tax
 from lab import netlab, podlab
-from lab.shell import LabError, sh
+from lab.shell import sh
 
 pytestmark = pytest.mark.requires_root
 
@@ -43,17 +42,7 @@ def binary() -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def pair(binary: Path) -> Iterator[sidecar_tax.Pair]:
-    def serve(ns: str, port: int, uid: int, gid: int, log: Path) -> subprocess.Popen[Any]:
-        cmd = ["ip", "netns", "exec", ns, "setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
-        with log.open("ab") as out:
-            proc = subprocess.Popen([*cmd, str(binary), "serve", str(port)], stdout=out, stderr=out)
-        deadline = time.monotonic() + 5
-        while "serving" not in log.read_text(errors="replace"):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise LabError(f"httpload serve in {ns}: {log.read_text(errors='replace')}")
-            time.sleep(0.01)
-        return proc
-
+    serve = sidecar_tax.app_server(binary)
     with (
         podlab.run_pod(pods.app_pod("client"), FLAVOR, subnet="10.95.1", app=serve) as client,
         podlab.run_pod(pods.app_pod("server"), FLAVOR, subnet="10.95.2", app=serve) as server,
@@ -71,37 +60,22 @@ def pair(binary: Path) -> Iterator[sidecar_tax.Pair]:
 class Relay:
     """A running ``httpload relay``; ``stats`` and ``returncode`` are filled in once it has been stopped."""
 
-    proc: subprocess.Popen[str]
+    proc: subprocess.Popen[Any]
     stats: dict[str, Any] = field(default_factory=dict)
     returncode: int | None = None
 
 
 @contextmanager
 def relay(binary: Path, pod: podlab.RunningPod) -> Iterator[Relay]:
-    """The relay in ``pod`` as the proxy uid; on exit (after a moment for the last closes to arrive) SIGTERM, and
-    its counters."""
-    setpriv = ["setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", "--clear-groups"]
-    argv = ["ip", "netns", "exec", pod.ns, *setpriv, str(binary), "relay", "15001", "15006"]
-    proc = subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    assert proc.stderr is not None
-    running = Relay(proc)
+    """The relay in ``pod`` as the proxy uid, as bench.sidecar_tax runs it; on exit (after a moment for the last
+    closes to arrive) SIGTERM, and its counters."""
+    running = Relay(sidecar_tax.start_relay(pod, binary))
     try:
-        first = proc.stderr.readline()
-        assert "relaying on :15001 (outbound) and :15006 (inbound)" in first, first
         yield running
         time.sleep(0.3)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            _, err = proc.communicate(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
-        running.returncode = proc.returncode
-        lines = err.strip().splitlines()
-        running.stats = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {"stderr": err}
+        running.stats = sidecar_tax.stop_relay(pod, running.proc)
+        running.returncode = running.proc.returncode
 
 
 def request(host: str, mode: str) -> bytes:
