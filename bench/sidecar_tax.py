@@ -21,6 +21,7 @@ idle, under load and over a ``--soak`` request run (sampled every second). The b
 injected traffic did not pass through both Envoys (their passthrough cluster counters) or both relays (theirs).
 
     sudo .venv/bin/python -m bench.sidecar_tax [--seconds 10] [--repeat 3] [--soak 100000] [--flavor legacy]
+        [--rates 100,1000] [--modes keepalive,close]
 """
 
 from __future__ import annotations
@@ -258,12 +259,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seconds", type=float, default=10.0, help="recorded seconds per run (after 1 s of warm-up)")
     ap.add_argument("--repeat", type=int, default=3, help="runs per row and pair, alternating plain/injected")
     ap.add_argument("--rates", default="100,1000", help="fixed rates, requests per second")
+    ap.add_argument("--modes", default="keepalive,close", help="connection modes of the fixed-rate rows")
     ap.add_argument("--conns", type=int, default=16, help="keep-alive connections (close mode: most open at once)")
     ap.add_argument("--soak", type=int, default=100_000, help="requests of the RSS soak run (0: none)")
     ap.add_argument("--flavor", default="legacy", choices=["legacy", "nft", "native-nft"])
     ap.add_argument("--proxy-config", default="", help="proxy.istio.io/config annotation of the injected pods")
     ap.add_argument("--values", default="{}", help="JSON merged over the shipped values.yaml (tuning A/B runs)")
     args = ap.parse_args(argv)
+    if not set(args.modes.split(",")) <= {"keepalive", "close"}:
+        ap.error(f"--modes: keepalive and/or close, got {args.modes!r}")
     rates = [float(r) for r in args.rates.split(",")]
     binary = httpload()
     try:
@@ -295,7 +299,7 @@ def run(args: argparse.Namespace, rates: list[float], binary: Path) -> None:
         # up per request), and the plain pair's app server (one wake-up per request, no upstream).
         measured = {mesh.label: pids, relay.label: relay.proxies(), "app": {"server": plain.app_pid()}}
         peak_rss = {role: mem["rss"] for role, mem in idle.items()}
-        rows = [(f"{int(r)} rps {m}", r, m) for m in ("keepalive", "close") for r in rates]
+        rows = [(f"{int(r)} rps {m}", r, m) for m in args.modes.split(",") for r in rates]
         rows.append(("saturation keepalive", 0.0, "keepalive"))
         for label, rate, mode in rows:
             results: dict[str, list[dict[str, Any]]] = {"plain": [], "injected": [], "relay": []}
