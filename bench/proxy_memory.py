@@ -10,12 +10,13 @@ the baseline measured in the same run: one Envoy holds all its pages alone.
 The private part is split by where it lives (/proc/<pid>/smaps): the executable's own mappings (data relocated and
 written at start, copied on write) and anonymous memory (heap, thread stacks).
 
-    sudo .venv/bin/python -m bench.proxy_memory [--pods 1,2,4,8]
+    sudo .venv/bin/python -m bench.proxy_memory [--pods 1,2,4,8] [--values JSON] [--settle 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from contextlib import ExitStack
@@ -43,9 +44,12 @@ def private_split(pid: int) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pods", default="1,2,4,8", help="the numbers of injected pods to measure at")
+    ap.add_argument("--values", default="{}", help="JSON merged over the shipped values.yaml (tuning A/B runs)")
+    ap.add_argument("--settle", type=float, default=1.0, help="seconds after the last pod of a row, before reading")
     args = ap.parse_args(argv)
     counts = sorted({int(n) for n in args.pods.split(",")})
-    inject_pod = injector({}, {})
+    inject_pod = injector(json.loads(args.values), {})
+    print(f"# values {args.values}; read {args.settle:g} s after each row's last pod started")
     print(
         f"{'pods':>4} {'RSS MiB':>8} {'private':>8} {'PSS MiB':>8} {'all Envoys, PSS sum':>20} {'each added pod':>15}"
         "   (means per Envoy)"
@@ -59,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
                     podlab.run_pod(inject_pod(app_pod(f"mem{len(envoys)}")), subnet=f"10.95.{len(envoys) + 1}")
                 )
                 envoys.append(pod.processes[podlab.PROXY_CONTAINER].pid)
-            time.sleep(1.0)  # settled: start-up done, a stats flush behind it
+            time.sleep(args.settle)  # start-up done, a stats flush behind it
             mems = [memory(pid) for pid in envoys]
             mean = {k: statistics.mean(m[k] for m in mems) for k in ("rss", "private", "pss")}
             total = sum(m["pss"] for m in mems)
