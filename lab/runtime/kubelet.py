@@ -37,6 +37,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -80,7 +81,8 @@ class Container:
 @dataclass
 class PodmanPod:
     """A pod brought up by :func:`run_pod`. ``ip``: the pod IP on podman's bridge; ``netns``: its network
-    namespace's name under /run/netns (for ``ip netns exec``); ``events``: what happened, in order."""
+    namespace's name under /run/netns (for ``ip netns exec``); ``events``: what happened, in order, and when
+    (``event_times``)."""
 
     pod: dict[str, Any]
     name: str
@@ -98,6 +100,7 @@ class PodmanPod:
     containers: dict[str, Container] = field(default_factory=dict)
     init_results: dict[str, list[subprocess.CompletedProcess[str]]] = field(default_factory=dict)
     events: list[str] = field(default_factory=list)
+    event_times: list[float] = field(default_factory=list)  # time.monotonic() of each event (bench.pod_startup)
 
     @property
     def infra(self) -> str:
@@ -105,6 +108,7 @@ class PodmanPod:
 
     def event(self, text: str) -> None:
         self.events.append(text)
+        self.event_times.append(time.monotonic())
         self.say(text)
 
     def ref(self, container: str) -> str:
