@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--settle", type=float, default=1.0, help="seconds after the last pod of a row, before reading")
     args = ap.parse_args(argv)
     counts = sorted({int(n) for n in args.pods.split(",")})
+    if not 1 <= counts[0] <= counts[-1] <= 250:  # a pod subnet each: 10.95.1-250
+        ap.error(f"--pods: numbers from 1 to 250, got {args.pods!r}")
     inject_pod = injector(json.loads(args.values), {})
     print(f"# values {args.values}; read {args.settle:g} s after each row's last pod started")
     print(
