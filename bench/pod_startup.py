@@ -6,7 +6,8 @@ listening).
 
 lab.podlab runs the pods exactly as injected; its probes are polled every 10 ms here (a kubelet polls every
 ``periodSeconds``, 1 s for Istio's startupProbe, which would only measure the kubelet), so "proxy ready" is the
-proxy's own start-up. Rows alternate between variants; each figure is the median of ``--runs`` pods.
+proxy's own start-up. Rows alternate between variants after one warm-up round; each figure is the median of
+``--runs`` pods.
 
 With ``--runtime podman`` the same variants run as they ship: the images ``make images`` builds (netinit, Envoy)
 and the lab's echo app image, each container started by podman + runc (lab.runtime.kubelet, the runtime lab's
@@ -70,11 +71,12 @@ def netns_samples(rows: list[tuple[str, Injector | None]], runs: int, flavor: st
     samples: dict[str, list[dict[str, float]]] = {label: [] for label, _ in rows}
     interval, podlab.PROBE_INTERVAL = podlab.PROBE_INTERVAL, 0.01
     try:
-        for _ in range(runs):
+        for i in range(runs + 1):
             for label, inject in rows:
                 pod = app_pod("web", image="podlab/echo:1")
                 with podlab.run_pod(inject(pod) if inject else pod, flavor) as running:
-                    samples[label].append(phases(running.events, running.event_times))
+                    if i:  # round 0 warms up: the first start of each variant pays for cold caches
+                        samples[label].append(phases(running.events, running.event_times))
     finally:
         podlab.PROBE_INTERVAL = interval
     return samples
@@ -103,10 +105,11 @@ def podman_samples(
     samples: dict[str, list[dict[str, float]]] = {label: [] for label, _ in rows}
     interval, probes.POLL = probes.POLL, 0.01
     try:
-        for _ in range(runs):
+        for i in range(runs + 1):
             for label, inject in rows:
                 with kubelet.run_pod(inject(app) if inject else copy.deepcopy(app), node_iptables=flavor) as running:
-                    samples[label].append(phases(running.events, running.event_times, "podman"))
+                    if i:  # round 0 warms up (a first podman pod was seen to take 2.6 s)
+                        samples[label].append(phases(running.events, running.event_times, "podman"))
     finally:
         probes.POLL = interval
     return samples, rows
