@@ -96,14 +96,20 @@ static int serve_requests(struct sconn *c) {
     return c->len < sizeof c->buf;
 }
 
-static _Noreturn void serve(int port) {
-    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+static int listen_on(int port) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) die("socket");
     int one = 1;
-    setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     addr.sin_addr.s_addr = htonl(INADDR_ANY);
-    if (bind(lfd, (struct sockaddr *)&addr, sizeof addr) < 0) die("bind");
-    if (listen(lfd, 4096) < 0) die("listen");
+    if (bind(fd, (struct sockaddr *)&addr, sizeof addr) < 0) die("bind");
+    if (listen(fd, 4096) < 0) die("listen");
+    return fd;
+}
+
+static _Noreturn void serve(int port) {
+    int lfd = listen_on(port);
     int ep = epoll_create1(0);
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
     epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &ev);
@@ -490,17 +496,6 @@ static struct {
     struct pair *dead;
 } R;
 
-static int listen_on(int port) {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) die("socket");
-    int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    addr.sin_addr.s_addr = htonl(INADDR_ANY);
-    if (bind(fd, (struct sockaddr *)&addr, sizeof addr) < 0) die("bind");
-    if (listen(fd, 4096) < 0) die("listen");
-    return fd;
-}
 
 /* Closes a side at once; with reset, an RST instead of a FIN (SO_LINGER 0), which passes a failure on. */
 static void close_side(struct side *s, int reset) {
