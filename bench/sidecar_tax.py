@@ -120,20 +120,26 @@ def without_envoy(inject_pod: Injector) -> Injector:
     return run
 
 
-def start_relay(pod: podlab.RunningPod, binary: Path) -> subprocess.Popen[Any]:
-    """``httpload relay 15001 15006`` in Envoy's place: in the pod's namespace, as the proxy's uid (which the
-    capture rules let out), listening before it returns."""
-    cmd = ["ip", "netns", "exec", pod.ns, "setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", "--clear-groups"]
-    log = pod.workdir / "relay.log"
-    with log.open("wb") as out:  # a new log per relay: its first line says it listens, its last what it relayed
-        proc = subprocess.Popen([*cmd, str(binary), "relay", "15001", "15006"], stdout=out, stderr=out)
+def start_httpload(ns: str, uid: int, gid: int, argv: list[str], log: Path, marker: str) -> subprocess.Popen[Any]:
+    """``argv`` (an httpload mode) in network namespace ``ns`` as ``uid``:``gid``, its output in a new ``log``;
+    returns once the log shows ``marker`` (the mode is listening), else kills it and says why."""
+    cmd = ["ip", "netns", "exec", ns, "setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", *argv]
+    with log.open("wb") as out:  # a new log per process: the marker must be this one's
+        proc = subprocess.Popen(cmd, stdout=out, stderr=out)
     deadline = time.monotonic() + 5
-    while "relaying" not in log.read_text(errors="replace"):
+    while marker not in log.read_text(errors="replace"):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            raise LabError(f"httpload relay in {pod.ns}: {log.read_text(errors='replace')}")
+            raise LabError(f"httpload {argv[1]} in {ns}: {log.read_text(errors='replace')}")
         time.sleep(0.01)
     return proc
+
+
+def start_relay(pod: podlab.RunningPod, binary: Path) -> subprocess.Popen[Any]:
+    """``httpload relay 15001 15006`` in Envoy's place: in the pod's namespace, as the proxy's uid (which the
+    capture rules let out), listening before it returns. Its log's last line is what it relayed (stop_relay)."""
+    argv = [str(binary), "relay", "15001", "15006"]
+    return start_httpload(pod.ns, PROXY_UID, PROXY_UID, argv, pod.workdir / "relay.log", "relaying")
 
 
 def stop_relay(pod: podlab.RunningPod, proc: subprocess.Popen[Any]) -> dict[str, Any]:
@@ -156,15 +162,7 @@ def app_server(binary: Path) -> podlab.AppServer:
     """The pods' app: ``httpload serve`` in place of podlab's echo server, serving before it returns."""
 
     def server(ns: str, port: int, uid: int, gid: int, log: Path) -> subprocess.Popen[Any]:
-        cmd = ["ip", "netns", "exec", ns, "setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
-        with log.open("ab") as out:
-            proc = subprocess.Popen([*cmd, str(binary), "serve", str(port)], stdout=out, stderr=out)
-        deadline = time.monotonic() + 5
-        while "serving" not in log.read_text(errors="replace"):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise LabError(f"httpload serve in {ns}: {log.read_text(errors='replace')}")
-            time.sleep(0.01)
-        return proc
+        return start_httpload(ns, uid, gid, [str(binary), "serve", str(port)], log, "serving")
 
     return server
 
