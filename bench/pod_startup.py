@@ -97,7 +97,8 @@ def podman_samples(
         out["spec"]["initContainers"] = [{"name": "noop", "image": built.images["netinit"], "command": ["true"]}]
         return out
 
-    rows = [*variants(images)[:1], (NOOP, with_noop_init), *variants(images)[1:]]
+    plain, *injected = variants(images)
+    rows = [plain, (NOOP, with_noop_init), *injected]
     app = app_pod("web", image=apps.echo_image(built.base))
     container = app["spec"]["containers"][0]
     container["env"] = [{"name": "ECHO_NAME", "value": "web"}, {"name": "ECHO_PORTS", "value": str(APP_PORT)}]
