@@ -15,16 +15,21 @@ Both families are snapshotted first; if anything fails, every family is restored
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from functools import partial
-from typing import NamedTuple
 
 from netinit.apply.iptables import Applier
 from netinit.apply.steps import Step, run_steps
 from netinit.core.plan import BUILTIN_CHAINS, OWN_CHAINS, TABLE_ORDER, Family, Rule, RuleSet, chains_in_order, plan
 from netinit.errors import DriftError
 from netinit.rules.save import TableState, desired_state, jump_target, parse_save
+from netinit.typing_lite import NamedTuple
 
 Log = Callable[[str], None]
+
+
+def _family_step(applier: Applier, fam: Family, payload: str, rollback: str) -> Step:
+    """Write ``payload``; the undo writes ``rollback``. Closures, not ``functools.partial``: start-up would import
+    functools for this alone."""
+    return Step(f"IPv{fam} iptables", lambda: applier.apply(fam, payload), lambda: applier.restore(fam, rollback))
 
 
 class TableDiff(NamedTuple):
@@ -130,13 +135,7 @@ class Transaction:
             if not payload:
                 continue
             rollback = _rollback_payload(self.snapshots[fam], parse_save(payload))
-            out.append(
-                Step(
-                    f"IPv{fam} iptables",
-                    partial(self.applier.apply, fam, payload),
-                    partial(self.applier.restore, fam, rollback),
-                )
-            )
+            out.append(_family_step(self.applier, fam, payload, rollback))
         return out
 
     def run(self, payloads: dict[Family, str], after: Sequence[Step] = ()) -> None:

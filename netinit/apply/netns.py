@@ -7,7 +7,6 @@ only in TPROXY mode (``require_pyroute2``, ``TproxyRoutes``), the one feature th
 from __future__ import annotations
 
 import _socket  # the C module: socket.py adds enums and selectors (~2.5 ms of start-up) that netlink never needs
-import ipaddress
 import os
 import struct
 from collections.abc import Iterator
@@ -118,13 +117,14 @@ def _dump(protocol: int, msg_type: int, header: bytes) -> Iterator[tuple[bytes, 
         s.close()
 
 
-def addresses() -> Iterator[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-    """Every address of the current network namespace (IPv4 first, as the kernel dumps them)."""
+def packed_addresses() -> Iterator[bytes]:
+    """Every address of the current network namespace, packed (4 or 16 bytes; IPv4 first, as the kernel dumps
+    them)."""
     for family in (_socket.AF_INET, _socket.AF_INET6):
-        for fixed, attrs in _dump(_socket.NETLINK_ROUTE, _RTM_GETADDR, struct.pack("=BBBBI", family, 0, 0, 0, 0)):
+        for _fixed, attrs in _dump(_socket.NETLINK_ROUTE, _RTM_GETADDR, struct.pack("=BBBBI", family, 0, 0, 0, 0)):
             found = attrs.get(_IFA_LOCAL, attrs.get(_IFA_ADDRESS))
             if found is not None:
-                yield ipaddress.ip_address(found) if fixed[0] == _socket.AF_INET6 else ipaddress.IPv4Address(found)
+                yield found
 
 
 def nft_table_names(family: int) -> list[str]:
@@ -145,16 +145,17 @@ def nft_tables(family: int = NFPROTO_INET) -> list[str]:
         return []
 
 
+_IPV6_LOOPBACK = bytes(15) + b"\x01"
+
+
 def global_families() -> tuple[bool, bool]:
     """(has a non-loopback non-link-local IPv4, same for IPv6) — istio-iptables' getLocalIP test."""
     v4 = v6 = False
-    for a in addresses():
-        if a.is_loopback or a.is_link_local:
-            continue
-        if a.version == 4:
-            v4 = True
+    for a in packed_addresses():
+        if len(a) == 4:
+            v4 = v4 or not (a[0] == 127 or a[:2] == b"\xa9\xfe")  # 127.0.0.0/8, 169.254.0.0/16
         else:
-            v6 = True
+            v6 = v6 or not (a == _IPV6_LOOPBACK or (a[0] == 0xFE and a[1] & 0xC0 == 0x80))  # ::1, fe80::/10
     return v4, v6
 
 
@@ -219,8 +220,9 @@ class TproxyRoutes:
 
 
 def has_address(addr: str) -> bool:
-    want = ipaddress.ip_address(addr)
-    return any(a == want for a in addresses())
+    """Does the namespace hold ``addr`` (an IPv4 or IPv6 address in text)?"""
+    family = _socket.AF_INET6 if ":" in addr else _socket.AF_INET
+    return _socket.inet_pton(family, addr) in set(packed_addresses())
 
 
 def loopback6_step(runner: Runner, ip: str) -> Step:

@@ -15,7 +15,8 @@ import os
 import select
 import time
 from collections.abc import Sequence
-from typing import NamedTuple, Protocol
+
+from netinit.typing_lite import NamedTuple, Protocol
 
 TIMEOUT = 60.0  # seconds a command may run before it is killed
 

@@ -7,9 +7,9 @@ capture kind under ``--reconcile``. ``run_steps`` runs them in order; if one fai
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
 
 from netinit.errors import ApplyError, NetinitError
+from netinit.typing_lite import NamedTuple
 
 
 class Step(NamedTuple):

@@ -8,17 +8,22 @@ user and group names) come in through ``HostFacts`` so the planner never does I/
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Literal, NamedTuple
 
 from netinit.core import values
 from netinit.core.flags import RawOptions, parse_options
-from netinit.core.values import WILDCARD, Network, invalid, split_list
+from netinit.core.values import WILDCARD, invalid, split_list
 from netinit.errors import ConfigError
+from netinit.typing_lite import NamedTuple
 
-Mode = Literal["REDIRECT", "TPROXY"]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Literal
+
+    from netinit.core.values import Network
+
+    Mode = Literal["REDIRECT", "TPROXY"]
 
 DEFAULT_PROXY_PORT = 15001
 DEFAULT_INBOUND_CAPTURE_PORT = 15006
@@ -27,9 +32,10 @@ DEFAULT_PROXY_UID = "1337"
 DNS_LISTENER_PORT = 15053
 DEFAULT_PROBE_PORT = 15002
 DEFAULT_PROBE_TIMEOUT = 5.0  # seconds (Istio's 5s)
+DEFAULT_IPV4_LOOPBACK_CIDR = "127.0.0.1/32"
 
-# Records are NamedTuples, not dataclasses: `dataclasses` imports `inspect` (about 10 ms), and netinit's start-up
-# time is every pod's start-up time.
+# Records are NamedTuples (netinit.typing_lite's), not dataclasses: `dataclasses` imports `inspect` (about 10 ms),
+# and netinit's start-up time is every pod's start-up time.
 _NO_IDS: Mapping[str, int] = MappingProxyType({})
 
 
@@ -64,7 +70,7 @@ class CaptureConfig(NamedTuple):
     kube_virt_interfaces: tuple[str, ...] = ()
     owner_groups_include: str | tuple[str, ...] = WILDCARD
     owner_groups_exclude: tuple[str, ...] = ()
-    ipv4_loopback_cidr: ipaddress.IPv4Network = ipaddress.IPv4Network("127.0.0.1/32")
+    ipv4_loopback_cidr: str = DEFAULT_IPV4_LOOPBACK_CIDR  # normalised, as the rules print it
     redirect_dns: bool = False
     capture_all_dns: bool = False
     drop_invalid: bool = False
@@ -154,19 +160,16 @@ def resolve(
         values.ids("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE", og_exc_raw, facts.group_ids, "group") if og_exc_raw else ()
     )
 
-    lo_raw = v.get("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR", "127.0.0.1/32").strip() or "127.0.0.1/32"
-    try:
-        lo_net = ipaddress.IPv4Network(lo_raw, strict=False)
-    except ValueError:
-        raise invalid("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR", lo_raw, "expected an IPv4 CIDR") from None
-    if not lo_net.network_address.is_loopback or lo_net.prefixlen < 8:
-        raise invalid("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR", lo_raw, "must lie within 127.0.0.0/8")
+    lo_raw = v.get("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR", "").strip()
+    lo_net = values.loopback_cidr("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR", lo_raw) if lo_raw else DEFAULT_IPV4_LOOPBACK_CIDR
 
     f = raw.flags
     redirect_dns = f["redirect_dns"]
     dns4: tuple[str, ...] = ()
     dns6: tuple[str, ...] = ()
     if redirect_dns and not f["capture_all_dns"]:
+        import ipaddress  # lazy: only DNS capture reads addresses here
+
         addrs = []
         for s in facts.dns_servers:
             try:

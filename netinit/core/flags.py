@@ -7,14 +7,15 @@ strings here; ``netinit.core.config.resolve`` validates them.
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple, NoReturn
 
 from netinit.core.values import GO_FALSE, GO_TRUE
 from netinit.errors import ConfigError
+from netinit.typing_lite import NamedTuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 # (dest, short, long, env, help)
 _STR_FLAGS: tuple[tuple[str, str | None, str, str, str], ...] = (
@@ -221,64 +222,144 @@ class RawOptions(NamedTuple):
     warnings: tuple[str, ...] = ()
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise ConfigError(f"netinit: {message}")
+_APPLIERS = ("restore", "iptc")
+# (dest, short, long, help) of the flags istio-iptables does not have; their values are parsed here.
+_OWN_FLAGS: tuple[tuple[str, str | None, str, str], ...] = (
+    ("log_target", None, "--log_target", "accepted for Istio (repeatable); no effect"),
+    ("pid", None, "--pid", "apply in the network namespace of this process"),
+    ("applier", None, "--applier", "restore: iptables-restore (default); iptc: python-iptables (legacy only)"),
+)
+_DESCRIPTION = "Program the pod's traffic capture (istio-iptables compatible)."
+_EPILOG = (
+    "Every flag also reads its istio-iptables env var; a flag wins over its env var. "
+    "Env-only: ISTIO_OUTBOUND_OWNER_GROUPS, ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE, "
+    "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR. Exit codes: 0 done, 2 bad input, 1 apply failed "
+    "(rolled back), 126 validation failed. Debugging: netinit explain|show|verify --help."
+)
 
 
-def _help_width() -> int:
-    """What argparse's help formatter computes (``shutil.get_terminal_size().columns - 2``) without importing
-    ``shutil`` (and with it zlib, bz2, lzma: ~2 ms) on every run - argparse makes a formatter per added flag."""
-    try:
-        columns = int(os.environ.get("COLUMNS", ""))
-    except ValueError:
-        columns = 0
-    stdout = sys.__stdout__
-    if columns <= 0:
-        try:
-            columns = os.get_terminal_size(stdout.fileno()).columns if stdout is not None else 80
-        except (ValueError, OSError):  # not a terminal, or closed
-            columns = 80
-    return (columns or 80) - 2
+def _names() -> dict[str, tuple[str, bool]]:
+    """Every flag name (``-p``, ``--envoy-port``) -> (dest, is a boolean)."""
+    out: dict[str, tuple[str, bool]] = {}
+    for dest, short, long, _env, _help in _STR_FLAGS:
+        out[long] = (dest, False)
+        if short:
+            out[short] = (dest, False)
+    for dest, short, long, _env, _fallback, _help in _BOOL_FLAGS:
+        out[long] = (dest, True)
+        if short:
+            out[short] = (dest, True)
+    for dest, _short, long, _help in _OWN_FLAGS:
+        out[long] = (dest, False)
+    return out
 
 
-class _Formatter(argparse.HelpFormatter):
-    def __init__(self, prog: str) -> None:
-        super().__init__(prog, width=_help_width())
+def _fail(message: str) -> NoReturn:
+    raise ConfigError(f"netinit: {message} (netinit --help lists the flags)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="netinit",
-        formatter_class=_Formatter,
-        description="Program the pod's traffic capture (istio-iptables compatible).",
-        epilog="Every flag also reads its istio-iptables env var; a flag wins over its env var. "
-        "Env-only: ISTIO_OUTBOUND_OWNER_GROUPS, ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE, "
-        "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR. Exit codes: 0 done, 2 bad input, 1 apply failed "
-        "(rolled back), 126 validation failed. Debugging: netinit explain|show|verify --help.",
-    )
-    for dest, short, long, env, help_ in _STR_FLAGS:
-        names = [n for n in (short, long) if n]
-        p.add_argument(*names, dest=dest, default=None, metavar="VALUE", help=f"{help_} [${env}]" if env else help_)
-    p.add_argument("--log_target", action="append", metavar="PATH", help="accepted for Istio (repeatable); no effect")
-    for dest, short, long, env, _fallback, help_ in _BOOL_FLAGS:
-        names = [n for n in (short, long) if n]
-        p.add_argument(
-            *names,
-            dest=dest,
-            action="store_const",
-            const=True,
-            default=None,
-            help=f"{help_} [${env}]" if env else help_,
+def _go_bool(name: str, value: str) -> bool:
+    if value in GO_TRUE:
+        return True
+    if value in GO_FALSE:
+        return False
+    raise ConfigError(f"netinit: invalid value for {name}: {value!r} (expected true or false)")
+
+
+def parse_flags(argv: Sequence[str]) -> tuple[dict[str, str], dict[str, bool], list[str]]:
+    """istio-iptables' command line, read the way its flag library (spf13/pflag) reads it: ``--name value``,
+    ``--name=value``, ``-p value``, ``-pVALUE``, ``-p=VALUE``; a boolean is ``--name`` or ``--name=true|false``
+    and never takes the next argument; a value flag takes the next argument whatever it looks like; the last
+    occurrence wins; no abbreviations; ``--`` ends the flags. Returns (values, booleans given, log targets).
+    ``-h``/``--help`` prints the help and exits 0; anything else unknown is a ``ConfigError``.
+
+    Not argparse: pflag's grammar differs from it (argparse takes ``--env`` for ``--envoy-port`` and refuses
+    ``-x -1``), and argparse with the ``re``/``gettext`` it imports cost more start-up than netinit's own modules."""
+    names = _names()
+    values: dict[str, str] = {}
+    given: dict[str, bool] = {}
+    targets: list[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        if arg == "--":
+            if args[i:]:
+                _fail(f"unexpected argument {args[i]!r}: netinit takes flags only")
+            break
+        if arg in ("-h", "--help"):
+            print(help_text())
+            raise SystemExit(0)
+        if arg.startswith("--"):
+            name, eq, inline = arg.partition("=")
+            if name == "--" or name.startswith("---"):
+                _fail(f"bad flag syntax: {arg}")
+        elif arg.startswith("-") and len(arg) > 1:
+            name, rest = arg[:2], arg[2:]
+            if names.get(name, ("", False))[1] and rest and not rest.startswith("="):
+                args.insert(i, "-" + rest)  # grouped shorthands: -nX is -n -X
+                rest = ""
+            eq = "=" if rest else ""
+            inline = rest[1:] if rest.startswith("=") else rest
+        else:
+            _fail(f"unexpected argument {arg!r}: netinit takes flags only (explain, show and verify come first)")
+        if name not in names:
+            _fail(f"unknown flag: {name}")
+        dest, boolean = names[name]
+        if boolean:
+            given[dest] = _go_bool(name, inline) if eq else True
+            continue
+        if eq:
+            value = inline
+        elif i < len(args):
+            value = args[i]
+            i += 1
+        else:
+            _fail(f"flag needs an argument: {name}")
+        if dest == "log_target":
+            targets.append(value)
+        else:
+            values[dest] = value
+    applier = values.get("applier", "restore")
+    if applier not in _APPLIERS:
+        raise ConfigError(f"netinit: invalid value for --applier: {applier!r} (expected restore or iptc)")
+    return values, given, targets
+
+
+def help_text() -> str:
+    """``netinit --help``: every flag with its env var, wrapped to the terminal (the help path may import)."""
+    import shutil
+    import textwrap
+
+    rows: list[tuple[str, str]] = []
+    for _dest, short, long, env, help_ in _STR_FLAGS:
+        rows.append((f"{short + ', ' if short else '    '}{long} VALUE", f"{help_} [${env}]" if env else help_))
+    rows += [(f"    {long} VALUE", help_) for _d, _s, long, help_ in _OWN_FLAGS]
+    for _dest, short, long, env, _fallback, help_ in _BOOL_FLAGS:
+        rows.append((f"{short + ', ' if short else '    '}{long}", f"{help_} [${env}]" if env else help_))
+    rows.append(("-h, --help", "print this help and exit"))
+    width = max(shutil.get_terminal_size().columns - 2, 60)
+    column = 24  # where the help starts, as argparse's; a longer flag puts its help on the next line
+    lines = ["usage: netinit [FLAGS]", "       netinit explain|show|verify [ARGS]  (see their --help)", ""]
+    lines += [_DESCRIPTION, "", "flags:"]
+    for left, right in rows:
+        first = f"  {left}"
+        if len(first) > column - 2:
+            lines.append(first)
+            first = ""
+        lines.append(
+            textwrap.fill(
+                right,
+                width,
+                initial_indent=first.ljust(column),
+                subsequent_indent=" " * column,
+                break_long_words=False,
+                break_on_hyphens=False,
+            )
         )
-    p.add_argument("--pid", default=None, metavar="PID", help="apply in the network namespace of this process")
-    p.add_argument(
-        "--applier",
-        choices=("restore", "iptc"),
-        default="restore",
-        help="restore: iptables-restore (default); iptc: python-iptables in-process (legacy only)",
-    )
-    return p
+    lines += ["", textwrap.fill(_EPILOG, width, break_long_words=False, break_on_hyphens=False)]
+    return "\n".join(lines)
 
 
 def _env_bool(env: Mapping[str, str], name: str) -> bool | None:
@@ -292,51 +373,25 @@ def _env_bool(env: Mapping[str, str], name: str) -> bool | None:
     raise ConfigError(f"netinit: invalid value for env {name}: {raw!r} (expected true or false)")
 
 
-_BOOL_LONG = {long: dest for dest, _s, long, _e, _f, _h in _BOOL_FLAGS}
-
-
-def _go_bools(argv: Sequence[str]) -> tuple[list[str], dict[str, bool]]:
-    """pflag's ``--flag=true|false`` form of the booleans: ``--x=true`` becomes ``--x``; ``--x=false`` is taken
-    out and recorded (an explicit false wins over the env var). A bool never consumes the next argument."""
-    out: list[str] = []
-    given: dict[str, bool] = {}
-    for i, arg in enumerate(argv):
-        if arg == "--":
-            out += argv[i:]
-            break
-        name, eq, value = arg.partition("=")
-        if eq and name in _BOOL_LONG:
-            if value in GO_TRUE:
-                out.append(name)
-            elif value in GO_FALSE:
-                given[_BOOL_LONG[name]] = False
-            else:
-                raise ConfigError(f"netinit: invalid value for {name}: {value!r} (expected true or false)")
-        else:
-            out.append(arg)
-    return out, given
-
-
 def parse_options(argv: Sequence[str], env: Mapping[str, str]) -> RawOptions:
     """Merge flags and env vars as istio-iptables binds them: a flag wins over its env var, and an additional env
     var (``ISTIO_META_DNS_CAPTURE``, ``INVALID_DROP``, ``ISTIO_DUAL_STACK``) wins over the primary one."""
-    args, explicit = _go_bools(argv)
-    ns = build_parser().parse_args(args)
+    given, explicit, _log_targets = parse_flags(argv)
     values: dict[str, str] = {}
     for dest, _short, _long, env_name, _help in _STR_FLAGS:
-        v = getattr(ns, dest)
+        v = given.get(dest)
         if v is None and env_name:
             v = env.get(env_name)
         if v is not None:
             values[dest] = v
     flags: dict[str, bool] = {}
     for dest, _short, _long, env_name, additional, _help in _BOOL_FLAGS:
-        v = explicit.get(dest, getattr(ns, dest))
-        if v is None and additional:
-            v = _env_bool(env, additional)
-        if v is None and env_name:
-            v = _env_bool(env, env_name)
-        flags[dest] = bool(v)
+        b = explicit.get(dest)
+        if b is None and additional:
+            b = _env_bool(env, additional)
+        if b is None and env_name:
+            b = _env_bool(env, env_name)
+        flags[dest] = bool(b)
     for name in (
         "ISTIO_OUTBOUND_OWNER_GROUPS",
         "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE",
@@ -344,4 +399,4 @@ def parse_options(argv: Sequence[str], env: Mapping[str, str]) -> RawOptions:
     ):
         if name in env:
             values[name] = env[name]
-    return RawOptions(values=values, flags=flags, pid=ns.pid, applier=ns.applier)
+    return RawOptions(values=values, flags=flags, pid=given.get("pid"), applier=given.get("applier", "restore"))

@@ -12,14 +12,22 @@ studied from its source; the expectations in tests/unit/test_plan.py are our own
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable, Iterable
-from typing import Literal, NamedTuple
 
 from netinit.core.config import DNS_LISTENER_PORT, CaptureConfig
-from netinit.core.values import WILDCARD, Network
+from netinit.core.values import WILDCARD
+from netinit.typing_lite import NamedTuple
 
-Family = Literal[4, 6]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Literal
+
+    from netinit.core.values import Network
+
+    Family = Literal[4, 6]
+else:
+    Family = int  # what annotations name; at run time no Literal is needed (nor typing, to make one)
+
 FAMILIES: tuple[Family, ...] = (4, 6)
 TABLE_ORDER = ("filter", "mangle", "nat", "raw")
 BUILTIN_CHAINS = frozenset({"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"})
@@ -381,9 +389,9 @@ def _dns(b: _Builder, cfg: CaptureConfig) -> None:
 
 def _v6(s: str) -> str:
     """An IPv6 address as iptables-save prints it: libc's inet_ntop (``::127.0.0.53``, not ``::7f00:35``)."""
-    import socket  # IPv6 only: socket.py costs ~2.5 ms of start-up
+    import _socket  # IPv6 only; the C module (socket.py costs ~2.5 ms of start-up)
 
-    return socket.inet_ntop(socket.AF_INET6, ipaddress.IPv6Address(s).packed)
+    return _socket.inet_ntop(_socket.AF_INET6, _socket.inet_pton(_socket.AF_INET6, s))
 
 
 def _tproxy_tail(b: _Builder, cfg: CaptureConfig, lo: dict[int, str], mark: str) -> None:

@@ -7,15 +7,21 @@ accepts. Every function takes the name of the setting (``flag``: a flag such as 
 env var, or an annotation) and the text as given, and raises ``InvalidValue`` (a ``ConfigError``, exit 2)
 naming that setting, the offending value and why; on success it returns the value normalised the way the
 rules print it. Lists are istio-iptables' comma lists (``split_list``).
+
+``ipaddress`` and ``re`` are imported by the validators that need them, when they run: the default capture
+(``-i '*' -x ''``, numeric ids, no interfaces) needs neither, and netinit's start-up is every pod's.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import re
-from collections.abc import Mapping
-
 from netinit.errors import InvalidValue
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import ipaddress
+    from collections.abc import Mapping
+
+    Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 GO_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
 GO_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
@@ -27,12 +33,11 @@ def go_bool(value: str) -> bool | None:
     return True if v in GO_TRUE else False if v in GO_FALSE else None
 
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 WILDCARD = "*"
 
 MAX_ID = 2**32 - 2  # the largest uid/gid (2**32 - 1 is "no id")
-_IFACE_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_.-]*$")
-_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_.-]*$")
+_IFACE_PATTERN = r"[a-zA-Z][a-zA-Z0-9_.-]*"
+_NAME_PATTERN = r"[a-zA-Z_][a-zA-Z0-9_.-]*"
 
 
 def invalid(flag: str, value: str, why: str) -> InvalidValue:
@@ -43,6 +48,10 @@ def invalid(flag: str, value: str, why: str) -> InvalidValue:
 def split_list(text: str) -> list[str]:
     """istio-iptables' Split: comma list, empty items dropped (we also strip blanks)."""
     return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()
 
 
 def port(flag: str, text: str) -> int:
@@ -56,13 +65,13 @@ def port(flag: str, text: str) -> int:
 def port_spec(flag: str, text: str) -> str:
     """One list entry: a port or an ``a-b``/``a:b`` range; returned the way iptables prints it (``a:b``, or ``a``
     when both ends are equal)."""
-    m = re.fullmatch(r"(\d+)(?:[-:](\d+))?", text)
-    if not m:
+    first, sep, second = text.replace(":", "-", 1).partition("-")
+    if not _digits(first) or (sep and not _digits(second)):
         raise invalid(flag, text, "expected a port 1-65535 or a range a-b")
-    lo = port(flag, m.group(1))
-    if m.group(2) is None:
+    lo = port(flag, first)
+    if not sep:
         return str(lo)
-    hi = port(flag, m.group(2))
+    hi = port(flag, second)
     if hi < lo:
         raise invalid(flag, text, "range start is after its end")
     return f"{lo}:{hi}" if hi != lo else str(lo)
@@ -81,10 +90,15 @@ def ports_or_all(flag: str, text: str) -> str | tuple[str, ...]:
 
 def interfaces(flag: str, text: str) -> tuple[str, ...]:
     """A comma list of interface names (Linux's limit: 15 characters)."""
+    items = split_list(text)
+    if not items:
+        return ()
+    import re
+
     out = []
-    for item in split_list(text):
-        if len(item) > 15 or not _IFACE_RE.match(item):
-            raise invalid(flag, item, "interface names match ^[a-zA-Z][a-zA-Z0-9_.-]*$ and are at most 15 characters")
+    for item in items:
+        if len(item) > 15 or not re.fullmatch(_IFACE_PATTERN, item):
+            raise invalid(flag, item, f"interface names match ^{_IFACE_PATTERN}$ and are at most 15 characters")
         out.append(item)
     return tuple(out)
 
@@ -92,8 +106,13 @@ def interfaces(flag: str, text: str) -> tuple[str, ...]:
 def cidrs(flag: str, text: str) -> tuple[Network, ...]:
     """A comma list of IPv4/IPv6 CIDRs (or plain addresses); host bits are masked off (``10.1.2.3/8`` is
     ``10.0.0.0/8``, as iptables reads it)."""
+    items = split_list(text)
+    if not items:
+        return ()
+    import ipaddress
+
     out: list[Network] = []
-    for item in split_list(text):
+    for item in items:
         try:
             out.append(ipaddress.ip_network(item, strict=False))
         except ValueError:
@@ -120,11 +139,30 @@ def ids(flag: str, text: str, names: Mapping[str, int], kind: str) -> tuple[str,
             if int(item) > MAX_ID:
                 raise invalid(flag, item, f"{kind} out of range")
             out.append(str(int(item)))
-        elif _NAME_RE.match(item) and item in names:
+        elif item in names and _is_name(item):
             out.append(str(names[item]))
         else:
             raise invalid(flag, item, f"not a numeric {kind} nor a known {kind} name")
     return tuple(out)
+
+
+def _is_name(text: str) -> bool:
+    import re
+
+    return re.fullmatch(_NAME_PATTERN, text) is not None
+
+
+def loopback_cidr(flag: str, text: str) -> str:
+    """An IPv4 CIDR within 127.0.0.0/8 (``ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR``), host bits masked off."""
+    import ipaddress
+
+    try:
+        net = ipaddress.IPv4Network(text.strip(), strict=False)
+    except ValueError:
+        raise invalid(flag, text, "expected an IPv4 CIDR") from None
+    if not net.network_address.is_loopback or net.prefixlen < 8:
+        raise invalid(flag, text, "must lie within 127.0.0.0/8")
+    return str(net)
 
 
 def bounded_int(flag: str, text: str, lo: int, hi: int) -> int:
@@ -136,15 +174,17 @@ def bounded_int(flag: str, text: str, lo: int, hi: int) -> int:
 
 
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 
 
 def duration(flag: str, text: str) -> float:
     """A positive Go duration (``5s``, ``500ms``, ``1m30s``), in seconds."""
+    import re
+
+    part = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
     v = text.strip()
     pos, total = 0, 0.0
     while pos < len(v):
-        m = _DURATION_PART.match(v, pos)
+        m = part.match(v, pos)
         if m is None:
             break
         total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import NamedTuple
 
 from netinit.core.plan import FAMILIES, OWN_CHAINS, TABLE_ORDER, Family, Match, Rule
 from netinit.errors import BackendError
 from netinit.rules import nft
 from netinit.rules.save import render_save
+from netinit.typing_lite import NamedTuple
 
 _TABLE_OF = {name: table for table, name in nft.TABLES.items()}
 _TOKEN = re.compile(r'"[^"]*"|\{[^}]*\}|\S+')

@@ -17,7 +17,7 @@ def test_defaults_match_istio_iptables() -> None:
     assert cfg.proxy_uids == ("1337",) and cfg.proxy_gids == ("1337",)
     assert cfg.mode == "REDIRECT" and cfg.tproxy_mark == 1337 and cfg.tproxy_route_table == 133
     assert cfg.inbound_ports == () and cfg.outbound_cidrs == ()
-    assert cfg.ipv4_loopback_cidr == ipaddress.IPv4Network("127.0.0.1/32")
+    assert cfg.ipv4_loopback_cidr == "127.0.0.1/32"
 
 
 def test_flag_wins_over_env_and_env_is_read() -> None:
@@ -72,7 +72,7 @@ def test_long_names_and_bool_env_fallbacks() -> None:
         ([], {"ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR": "10.0.0.0/8"}, "within 127.0.0.0/8"),
         ([], {"ISTIO_OUTBOUND_OWNER_GROUPS": "1,2", "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE": "3"}, "only applies"),
         ([], {"ISTIO_OUTBOUND_OWNER_GROUPS": "nosuchgroup"}, "'nosuchgroup'"),
-        (["--bogus-flag"], {}, "unrecognized arguments"),
+        (["--bogus-flag"], {}, "unknown flag: --bogus-flag"),
     ],
 )
 def test_bad_input_names_the_flag_and_value(argv: list[str], env: dict[str, str], needle: str) -> None:

@@ -64,7 +64,7 @@ REFUSED = [
     (["--vklog", "x"], {}, "--vklog"),
     (["--log_as_json=maybe"], {}, "--log_as_json"),
     # Dropped in Istio 1.26 and unknown to 1.28 (an unknown-flag error there too).
-    (["--iptables-trace-logging"], {}, "unrecognized arguments"),
+    (["--iptables-trace-logging"], {}, "unknown flag: --iptables-trace-logging"),
 ]
 
 
