@@ -146,6 +146,20 @@ def test_verify_from_pod_works_inside_the_init_image(built: podman.Built, tmp_pa
     assert refused.returncode == 2 and "kube-inject" in refused.stderr, refused.stderr
 
 
+def test_netinit_starts_through_the_lean_launcher(built: podman.Built) -> None:
+    """The image's ``netinit`` is netinit/launcher.py, and a dry run imports none of the modules that cost pod
+    start-up (docs/benchmarks.md §3): not pip's launcher, whose ``import re`` alone is ~5 ms."""
+    launcher = podman.run(built.images["netinit"], "/opt/venv/bin/netinit", opts=Opts(entrypoint="cat"))
+    assert launcher.returncode == 0, launcher.stderr
+    assert launcher.stdout == "#!/opt/venv/bin/python\n" + (ROOT / "netinit" / "launcher.py").read_text()
+    proc = podman.run(built.images["netinit"], "-X", "importtime", "/opt/venv/bin/netinit", "--dry-run",
+                      opts=Opts(entrypoint="python", extra=("--network", "none")))  # fmt: skip
+    assert proc.returncode == 0 and "*nat" in proc.stdout, proc.stderr
+    imported = {line.rpartition("|")[2].strip() for line in proc.stderr.splitlines() if line.startswith("import time")}
+    assert "netinit.apply.cli" in imported, proc.stderr
+    assert not {"typing", "argparse", "re", "ipaddress", "functools", "subprocess"} & imported, sorted(imported)
+
+
 def test_netinit_bytecode_is_current(built: podman.Built) -> None:
     """The shipped bytecode matches the shipped sources: with bytecode writing on, running netinit writes none."""
     proc, changes = podman.run_and_diff(
