@@ -115,15 +115,16 @@ def test_help_exits_0_on_stdout() -> None:
         assert res.returncode == 0 and res.stdout.startswith("usage: netinit [FLAGS]") and not res.stderr
 
 
-def test_the_apply_path_imports_neither_typing_nor_argparse_nor_re() -> None:
-    """The start-up budget (docs/benchmarks.md §3): these three cost more than the rest of netinit's imports."""
+@pytest.mark.parametrize("mode", [[], ["--native-nftables"]])
+def test_the_apply_path_imports_neither_typing_nor_argparse_nor_re(mode: list[str]) -> None:
+    """The start-up budget (docs/benchmarks.md §3): these cost more than the rest of netinit's imports."""
     root = str(Path(__file__).resolve().parents[3])
     code = (  # -S: no site, so no editable-install finder (which imports re and pathlib itself); the repo on the path
         f"import sys; sys.path.insert(0, {root!r})\n"
         "from netinit.__main__ import main\n"
-        "main(['--dry-run', '-p', '15001', '-z', '15006', '-u', '1337', '-m', 'REDIRECT', '-i', '*', '-x', '',"
-        " '-b', '*', '-d', '15090,15021,15020'])\n"
-        "heavy = ('typing', 'argparse', 're', 'ipaddress', 'functools', 'subprocess')\n"
+        f"main({mode!r} + ['--dry-run', '-p', '15001', '-z', '15006', '-u', '1337', '-m', 'REDIRECT', '-i', '*',"
+        " '-x', '', '-b', '*', '-d', '15090,15021,15020'])\n"
+        "heavy = ('typing', 'argparse', 're', 'ipaddress', 'functools', 'subprocess', 'socket')\n"
         "print(sorted(m for m in heavy if m in sys.modules))\n"
     )
     res = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, check=True)
