@@ -5,7 +5,8 @@ the `netinit` command of a regular (non-editable) wheel install in a throwaway v
 Dockerfile.init builds its venv (no pip or setuptools; netinit/launcher.py as the command; an editable install
 adds ~8 ms of import-finder start-up that no image has). Rows for the default capture and
 for 1000 excluded CIDRs + 100 excluded ports, both iptables backends, both appliers, and native nftables
-(`--native-nftables` vs raw `nft -f` of the same script). Prints p50/p90 in milliseconds, and netinit as a ratio
+(`--native-nftables` vs raw `nft -f` of the same script), interleaved: each round runs every row once, so that
+this noisy VM's slow moments land on all rows alike. Prints p50/p90 in milliseconds, and netinit as a ratio
 to the floor measured in the same run: a bare interpreter start (`python -I -S -c pass`) plus the raw restore,
 and to a second floor: the interpreter importing the standard-library modules netinit's apply path imports.
 
@@ -21,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from lab import netlab
 from netinit.apply.engine import render_restore
@@ -73,60 +75,59 @@ def timed(argv: list[str], stdin: str | None = None) -> float:
     return dt
 
 
+class Row(NamedTuple):
+    key: str  # how the ratios below find it
+    what: str  # as printed
+    lines: int
+    argv: list[str]  # run inside a fresh namespace
+    stdin: str | None = None
+
+
+def rows(python: str, netinit: str) -> list[Row]:
+    out = [
+        Row("floor", "python -I -S -c pass (the floor)", 0, [python, "-I", "-S", "-c", "pass"]),
+        Row("stdlib", "python -I -S -c (its stdlib imports)", 0, [python, "-I", "-S", "-c", STDLIB]),
+    ]
+    for label, args in (("default", ARGS), ("1000 CIDRs", big_args())):
+        payload = render_restore(plan(config_from_flags(args)).v4)
+        lines = payload.count("\n")
+        for flavor in ("legacy", "nft"):
+            forced = [netinit, "--force-iptables-binary", flavor]
+            out.append(Row(f"iptables-restore ({flavor}, {label})", "", lines,
+                           [f"iptables-{flavor}-restore", "--noflush"], payload))  # fmt: skip
+            out.append(Row(f"netinit ({flavor}, {label})", "", lines, [*forced, *args]))
+            if flavor == "legacy":  # python-iptables writes legacy tables only
+                out.append(
+                    Row(f"netinit --applier iptc ({flavor}, {label})", "", lines, [*forced, "--applier", "iptc", *args])
+                )
+        script = nft.render_script(plan(config_from_flags(args)))
+        nlines = script.count("\n")
+        out.append(Row(f"nft -f ({label})", "", nlines, ["nft", "-f", "-"], script))
+        out.append(Row(f"netinit --native-nftables ({label})", "", nlines, [netinit, "--native-nftables", *args]))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=30)
     n = ap.parse_args().runs
     with tempfile.TemporaryDirectory() as d:
         netinit = str(installed_venv(Path(d)) / "bin" / "netinit")
-        print(f"netinit: {netinit} (wheel install); runs per row: {n}")
+        table = rows(str(Path(netinit).parent / "python"), netinit)
+        print(f"netinit: {netinit} (wheel install); runs per row: {n}, the rows interleaved (one of each per round)")
+        print(f"stdlib imports: python -I -S -c '{STDLIB}'")
+        samples: dict[str, list[float]] = {r.key: [] for r in table}
+        for _ in range(n):  # round-robin: a noisy moment of the machine lands on every row alike
+            for r in table:
+                with netlab.namespace("bench") as ns:
+                    samples[r.key].append(timed(["ip", "netns", "exec", ns, *r.argv], r.stdin))
         print(f"{'what':<52}{'lines':>6}{'p50 ms':>9}{'p90 ms':>9}")
         medians: dict[str, float] = {}
-        python = str(Path(netinit).parent / "python")
-        for key, code in (("floor", "pass"), ("stdlib", STDLIB)):
-            xs = []
-            for _ in range(n):
-                with netlab.namespace("bench") as ns:
-                    xs.append(timed(["ip", "netns", "exec", ns, python, "-I", "-S", "-c", code]))
-            xs.sort()
-            medians[key] = statistics.median(xs)
-            what = "python -I -S -c pass (the floor)" if key == "floor" else f"python -I -S -c '{STDLIB}'"
-            print(f"{what:<52}{'':>6}{medians[key]:>9.1f}{xs[int(len(xs) * 0.9) - 1]:>9.1f}")
-        for label, args in (("default", ARGS), ("1000 CIDRs", big_args())):
-            payload = render_restore(plan(config_from_flags(args)).v4)
-            lines = payload.count("\n")
-            for flavor in ("legacy", "nft"):
-                for what in ("iptables-restore", "netinit", "netinit --applier iptc"):
-                    if what.endswith("iptc") and flavor == "nft":
-                        continue  # python-iptables writes legacy tables only
-                    xs = []
-                    for _ in range(n):
-                        with netlab.namespace("bench") as ns:
-                            if what == "iptables-restore":
-                                argv = ["ip", "netns", "exec", ns, f"iptables-{flavor}-restore", "--noflush"]
-                                xs.append(timed(argv, payload))
-                            else:
-                                extra = ["--applier", "iptc"] if what.endswith("iptc") else []
-                                argv = ["ip", "netns", "exec", ns, netinit, "--force-iptables-binary", flavor]
-                                xs.append(timed([*argv, *extra, *args]))
-                    xs.sort()
-                    key = f"{what} ({flavor}, {label})"
-                    medians[key] = statistics.median(xs)
-                    print(f"{key:<52}{lines:>6}{medians[key]:>9.1f}{xs[int(len(xs) * 0.9) - 1]:>9.1f}", flush=True)
-            script = nft.render_script(plan(config_from_flags(args)))
-            for what in ("nft -f", "netinit --native-nftables"):
-                xs = []
-                for _ in range(n):
-                    with netlab.namespace("bench") as ns:
-                        if what == "nft -f":
-                            xs.append(timed(["ip", "netns", "exec", ns, "nft", "-f", "-"], script))
-                        else:
-                            xs.append(timed(["ip", "netns", "exec", ns, netinit, "--native-nftables", *args]))
-                xs.sort()
-                key = f"{what} ({label})"
-                medians[key] = statistics.median(xs)
-                nlines = script.count("\n")
-                print(f"{key:<52}{nlines:>6}{medians[key]:>9.1f}{xs[int(len(xs) * 0.9) - 1]:>9.1f}", flush=True)
+        for r in table:
+            xs = sorted(samples[r.key])
+            medians[r.key] = statistics.median(xs)
+            lines = str(r.lines) if r.lines else ""
+            print(f"{r.what or r.key:<52}{lines:>6}{medians[r.key]:>9.1f}{xs[int(len(xs) * 0.9) - 1]:>9.1f}")
         for label in ("default", "1000 CIDRs"):
             for flavor in ("legacy", "nft"):
                 over = medians[f"netinit ({flavor}, {label})"] - medians[f"iptables-restore ({flavor}, {label})"]
@@ -138,7 +139,8 @@ def main() -> None:
                 ratio = medians[f"netinit ({flavor}, {label})"] / stdlib
                 print(f"netinit / (interpreter + its stdlib imports + raw restore) ({flavor}, {label}): x{ratio:.2f}")
             over = medians[f"netinit --native-nftables ({label})"] - medians[f"nft -f ({label})"]
-            print(f"netinit --native-nftables overhead over raw nft -f ({label}): {over:+.1f} ms (p50)")
+            ratio = medians[f"netinit --native-nftables ({label})"] / (medians["floor"] + medians[f"nft -f ({label})"])
+            print(f"netinit --native-nftables overhead over raw nft -f ({label}): {over:+.1f} ms (p50), x{ratio:.2f}")
 
 
 if __name__ == "__main__":
