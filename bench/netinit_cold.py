@@ -31,11 +31,11 @@ from netinit.core.plan import plan
 from netinit.rules import nft
 
 ARGS = list(netlab.SIDECAR_ARGS)
-# The standard-library modules netinit's apply path imports (collections for its records, _socket and struct for
+# The standard-library modules netinit's apply path imports (_socket and struct for
 # netlink, select for the runner, types, grp/pwd for names, fcntl for the lock): the second floor, what any
 # program built on them pays before its first line of work. (Until 2026-12-03 it also imported argparse,
 # ipaddress and typing, with re and enum: those alone were x2.25 of the bare floor.)
-STDLIB = "import collections.abc, _socket, struct, select, types, grp, pwd, fcntl"
+STDLIB = "import _socket, struct, select, types, grp, pwd, fcntl"
 ROOT = Path(__file__).resolve().parents[1]
 
 

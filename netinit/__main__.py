@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping, Sequence
 
 from netinit.apply import cli as apply_cli
 from netinit.apply.runner import Runner, SubprocessRunner
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
 
 DEBUG_COMMANDS = ("explain", "show", "verify")
 

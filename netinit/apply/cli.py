@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping, Sequence
 
 from netinit.apply import netns
 from netinit.apply.engine import cleanup, render_restore
@@ -20,6 +19,10 @@ from netinit.core.config import CaptureConfig, RunOptions, resolve
 from netinit.core.flags import parse_options
 from netinit.core.plan import RuleSet, plan
 from netinit.errors import BackendError, ConfigError, NetinitError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
 
 
 def _log(msg: str) -> None:

@@ -14,8 +14,6 @@ Both families are snapshotted first; if anything fails, every family is restored
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-
 from netinit.apply.iptables import Applier
 from netinit.apply.steps import Step, run_steps
 from netinit.core.plan import BUILTIN_CHAINS, OWN_CHAINS, TABLE_ORDER, Family, Rule, RuleSet, chains_in_order, plan
@@ -23,7 +21,11 @@ from netinit.errors import DriftError
 from netinit.rules.save import TableState, desired_state, jump_target, parse_save
 from netinit.typing_lite import NamedTuple
 
-Log = Callable[[str], None]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Sequence
+
+    Log = Callable[[str], None]
 
 
 def _family_step(applier: Applier, fam: Family, payload: str, rollback: str) -> Step:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import grp
 import pwd
-from collections.abc import Callable, Mapping
 
 from netinit.apply import netns
 from netinit.core.config import HostFacts
 from netinit.core.flags import RawOptions
 from netinit.errors import ConfigError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
 
 
 def user_group_ids(values: Mapping[str, str]) -> tuple[dict[str, int], dict[str, int]]:

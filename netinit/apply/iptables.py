@@ -5,13 +5,15 @@ Every command runs through a ``netinit.apply.runner.Runner``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from netinit.apply import netns
 from netinit.apply.runner import Runner, denied, find_executable, privilege_message
 from netinit.core.plan import Family
 from netinit.errors import ApplyError, BackendError
 from netinit.typing_lite import NamedTuple, Protocol
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 class Backend(NamedTuple):

@@ -9,11 +9,14 @@ from __future__ import annotations
 import _socket  # the C module: socket.py adds enums and selectors (~2.5 ms of start-up) that netlink never needs
 import os
 import struct
-from collections.abc import Iterator
 
 from netinit.apply.runner import Runner
 from netinit.apply.steps import Step
 from netinit.errors import ApplyError, ConfigError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 CLONE_NEWNET = 0x40000000
 NETNS_RUN_DIR = "/var/run/netns"  # paths are plain strings: pathlib costs ~4 ms of start-up

@@ -11,14 +11,18 @@ read, replaced or deleted.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
 
 from netinit.apply.runner import Runner, denied, find_executable, privilege_message
 from netinit.apply.steps import Step, run_steps
 from netinit.errors import ApplyError, BackendError, DriftError, NetinitError
 from netinit.rules import nft
 
-Log = Callable[[str], None]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    Log = Callable[[str], None]
+
 _FALLBACK_PATHS = ("/usr/sbin/nft", "/sbin/nft")
 CHECK_PREFIX = "netinit-check-"  # temporary hook-less tables of ``NftApplier.canonical``
 

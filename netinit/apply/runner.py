@@ -14,9 +14,12 @@ from __future__ import annotations
 import os
 import select
 import time
-from collections.abc import Sequence
 
 from netinit.typing_lite import NamedTuple, Protocol
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 TIMEOUT = 60.0  # seconds a command may run before it is killed
 

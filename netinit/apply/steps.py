@@ -6,10 +6,12 @@ capture kind under ``--reconcile``. ``run_steps`` runs them in order; if one fai
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-
 from netinit.errors import ApplyError, NetinitError
 from netinit.typing_lite import NamedTuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
 
 
 class Step(NamedTuple):

@@ -8,7 +8,6 @@ user and group names) come in through ``HostFacts`` so the planner never does I/
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 
 from netinit.core import values
@@ -19,6 +18,7 @@ from netinit.typing_lite import NamedTuple
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
     from typing import Literal
 
     from netinit.core.values import Network

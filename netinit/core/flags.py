@@ -7,14 +7,13 @@ strings here; ``netinit.core.config.resolve`` validates them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
 from netinit.core.values import GO_FALSE, GO_TRUE
 from netinit.errors import ConfigError
 from netinit.typing_lite import NamedTuple
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
     from typing import NoReturn
 
 # (dest, short, long, env, help)

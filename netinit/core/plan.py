@@ -12,14 +12,13 @@ studied from its source; the expectations in tests/unit/test_plan.py are our own
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-
 from netinit.core.config import DNS_LISTENER_PORT, CaptureConfig
 from netinit.core.values import WILDCARD
 from netinit.typing_lite import NamedTuple
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
     from typing import Literal
 
     from netinit.core.values import Network

@@ -14,10 +14,13 @@ equivalent is refused (``Untranslatable``, exit 2) rather than approximated.
 from __future__ import annotations
 
 import _socket  # the C module: socket.py (enums, selectors) costs ~3 ms of start-up
-from collections.abc import Iterable, Sequence
 
 from netinit.core.plan import OWN_CHAINS, Family, Match, Rule, RuleSet, chains_in_order
 from netinit.errors import ConfigError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
 
 # Our table per iptables table, in apply order. Istio's names (tools/istio-nftables/pkg/constants).
 TABLES: dict[str, str] = {"nat": "istio-proxy-nat", "mangle": "istio-proxy-mangle", "raw": "istio-proxy-raw"}

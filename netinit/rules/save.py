@@ -12,9 +12,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-
 from netinit.core.plan import BUILTIN_CHAINS, OWN_CHAINS, TABLE_ORDER, Match, Rule
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
 
 
 class TableState:

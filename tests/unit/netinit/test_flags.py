@@ -124,7 +124,7 @@ def test_the_apply_path_imports_neither_typing_nor_argparse_nor_re(mode: list[st
         "from netinit.__main__ import main\n"
         f"main({mode!r} + ['--dry-run', '-p', '15001', '-z', '15006', '-u', '1337', '-m', 'REDIRECT', '-i', '*',"
         " '-x', '', '-b', '*', '-d', '15090,15021,15020'])\n"
-        "heavy = ('typing', 'argparse', 're', 'ipaddress', 'functools', 'subprocess', 'socket')\n"
+        "heavy = ('typing', 'argparse', 're', 'ipaddress', 'functools', 'subprocess', 'socket', 'collections')\n"
         "print(sorted(m for m in heavy if m in sys.modules))\n"
     )
     res = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, check=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import pickle
 import typing
 from typing import Any
@@ -48,9 +49,17 @@ def test_same_behaviour_as_typing() -> None:
         assert cls.__qualname__ == "_make.<locals>.Record"
         assert repr(r) == "Record(name='web', port=80, tags=())" and hash(r) == hash(("web", 80, ()))
         assert r._asdict() == {"name": "web", "port": 80, "tags": ()} and cls._make(["b", 2, ()]).port == 2
-        assert isinstance(r, tuple) and list(cls.__annotations__) == ["name", "port", "tags"]
+        assert list(cls.__annotations__) == ["name", "port", "tags"]
+        assert cls(port=1, name="k") == ("k", 1, ()) and cls("k", tags=("t",)) == ("k", 80, ("t",))
+        assert cls.__match_args__ == ("name", "port", "tags") and copy.deepcopy(r) == r and copy.copy(r) is not None
+        for args, kwargs in (((), {}), (("a", 1, (), 2), {}), (("a",), {"nme": "b"}), (("a",), {"name": "b"})):
+            with pytest.raises(TypeError):
+                cls(*args, **kwargs)  # no name; too many; unknown keyword; name twice
+        with pytest.raises(ValueError, match="unexpected field names"):
+            r._replace(nme="x")
         with pytest.raises(TypeError):
-            cls()  # name has no default
+            cls._make(["a"])
+        assert isinstance(r, tuple)
     assert _make(LITE)("x", 1) == _make(REAL)("x", 1)  # both are plain tuples underneath
 
 
