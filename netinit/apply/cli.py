@@ -29,6 +29,11 @@ def _log(msg: str) -> None:
     print(f"netinit: {msg}", file=sys.stderr)
 
 
+def _inet_table_names() -> list[str]:
+    """The namespace's inet nf_tables tables over netlink (raises OSError where the kernel refuses the dump)."""
+    return netns.nft_table_names(netns.NFPROTO_INET)
+
+
 def make_applier(name: str, forced: str | None, runner: Runner) -> Applier:
     """The iptables applier ``--applier`` names: iptables-restore of the detected (or forced) flavour, or libiptc."""
     if name == "iptc":
@@ -104,7 +109,7 @@ def _act(
         if opts.native_nftables:
             from netinit.apply import nftables  # lazy: the iptables path never imports the nftables modules
 
-            _log(nftables.cleanup(nftables.NftApplier(runner, nftables.nft_binary())))
+            _log(nftables.cleanup(nftables.NftApplier(runner, nftables.nft_binary(), _inet_table_names)))
             return
         applier = make_applier(opts.applier, opts.force_iptables_binary, runner)
         full = plan(cfg._replace(enable_ipv6=True))
@@ -117,7 +122,7 @@ def _act(
         if nft_tables is not None:
             from netinit.apply import nftables
 
-            nft = nftables.NftApplier(runner, nftables.nft_binary())
+            nft = nftables.NftApplier(runner, nftables.nft_binary(), _inet_table_names)
             before = _remove_iptables_capture(runner, opts.reconcile)
             _log(f"backend: native nftables via {nft.nft} -f; families: {families}")
             msg = nftables.apply_tables(
@@ -185,7 +190,7 @@ def _remove_iptables_capture(runner: Runner, reconcile: bool) -> list[Step]:
     """Before a native nftables apply: iptables capture of ours is refused, or (``--reconcile``) removed."""
     from netinit.apply import stacking
 
-    found = stacking.iptables_capture(runner)
+    found = stacking.iptables_capture(runner, known_empty=no_tables)
     if not found:
         return []
     names = ", ".join(f"iptables-{fl} IPv{fam}" for fl, fam in found)

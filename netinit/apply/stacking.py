@@ -11,6 +11,10 @@ from netinit.apply.runner import Runner, find_executable
 from netinit.core.plan import Family
 from netinit.errors import DriftError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 NATIVE_PREFIX = "istio-proxy-"
 
 
@@ -19,14 +23,18 @@ def native_tables() -> list[str]:
     return [n for n in netns.nft_tables() if n.startswith(NATIVE_PREFIX)]
 
 
-def iptables_capture(runner: Runner) -> list[tuple[str, Family]]:
-    """(flavour, family) pairs whose iptables hold a chain of ours or a jump to one."""
+def iptables_capture(
+    runner: Runner, known_empty: Callable[[str, Family], bool] = lambda flavor, fam: False
+) -> list[tuple[str, Family]]:
+    """(flavour, family) pairs whose iptables hold a chain of ours or a jump to one. ``known_empty``
+    (``netinit.apply.iptables.no_tables`` in production) skips a save the kernel says would print nothing: in a
+    fresh namespace, all four."""
     found: list[tuple[str, Family]] = []
     fams: tuple[Family, ...] = (4, 6)
     for flavor in ("legacy", "nft"):
         for fam in fams:
             save = f"{'ip6' if fam == 6 else 'ip'}tables-{flavor}-save"
-            if find_executable(save) is None:
+            if find_executable(save) is None or known_empty(flavor, fam):
                 continue
             res = runner.run([save])
             if res.returncode == 0 and any(

@@ -255,6 +255,32 @@ def test_auto_detection_in_a_fresh_namespace_starts_no_save(netns: str, tmp_path
     assert "backend: iptables-legacy" in res.stderr and log.read_text().split() == ["iptables-legacy-save"]
 
 
+def test_native_apply_in_a_fresh_namespace_is_one_nft_process(netns: str, tmp_path: Path) -> None:
+    """--native-nftables in a fresh namespace: the stacking check starts no iptables-save (no table of either
+    flavour) and nothing lists our tables (netlink finds none), so the apply is the one ``nft -f``. A re-run lists
+    them (they exist now), and iptables capture of ours is still found and refused."""
+    log = tmp_path / "calls"
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    for name in ("iptables-legacy-save", "ip6tables-legacy-save", "iptables-nft-save", "ip6tables-nft-save", "nft"):
+        real = shutil.which(name)
+        assert real is not None
+        (shims / name).write_text(f'#!/bin/sh\necho {name} "$@" >> {log}\nexec {real} "$@"\n')
+        (shims / name).chmod(0o755)
+    env = {"PATH": f"{shims}:{os.environ['PATH']}"}
+    res = netlab.run_netinit("--network-namespace", netns, "--native-nftables", "-i", "*", "-b", "*", env=env)
+    assert res.returncode == 0, res.stderr
+    assert log.read_text().splitlines() == ["nft -f -"]
+    log.write_text("")
+    res = netlab.run_netinit("--network-namespace", netns, "--native-nftables", "-i", "*", "-b", "*", env=env)
+    assert res.returncode == 0, res.stderr
+    assert "nft list ruleset inet" in log.read_text().splitlines()
+    assert netlab.run_netinit("--network-namespace", netns, "--native-nftables", "--cleanup-only").returncode == 0
+    assert netinit(netns, "nft", "-i", "*", "-b", "*").returncode == 0  # iptables capture of ours
+    res = netlab.run_netinit("--network-namespace", netns, "--native-nftables", "-i", "*", "-b", "*", env=env)
+    assert res.returncode != 0 and "would stack both" in res.stderr, res.stderr
+
+
 def test_no_tables_is_per_family_and_never_guesses(netns: str) -> None:
     """The shortcut answers "empty" only for what the kernel listed: an ip6 table leaves IPv4 empty but not IPv6,
     and a dump the kernel refuses (no CAP_NET_ADMIN) is "unknown", so the real iptables-save runs and reports."""
