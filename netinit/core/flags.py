@@ -258,6 +258,7 @@ def _fail(message: str) -> NoReturn:
 
 
 def _go_bool(name: str, value: str) -> bool:
+    """pflag's boolean (Go's strconv.ParseBool, no blanks); ``name`` words the error (a flag, or ``env NAME``)."""
     if value in GO_TRUE:
         return True
     if value in GO_FALSE:
@@ -365,11 +366,7 @@ def _env_bool(env: Mapping[str, str], name: str) -> bool | None:
     raw = env.get(name)
     if raw is None or raw == "":
         return None
-    if raw in GO_TRUE:
-        return True
-    if raw in GO_FALSE:
-        return False
-    raise ConfigError(f"netinit: invalid value for env {name}: {raw!r} (expected true or false)")
+    return _go_bool(f"env {name}", raw)
 
 
 def parse_options(argv: Sequence[str], env: Mapping[str, str]) -> RawOptions:

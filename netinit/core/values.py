@@ -57,7 +57,7 @@ def _digits(text: str) -> bool:
 def port(flag: str, text: str) -> int:
     """One port, 1-65535 (surrounding blanks allowed)."""
     v = text.strip()
-    if not (v.isascii() and v.isdigit()) or not 1 <= int(v) <= 65535:
+    if not _digits(v) or not 1 <= int(v) <= 65535:
         raise invalid(flag, text, "port must be an integer 1-65535")
     return int(v)
 
@@ -135,7 +135,7 @@ def ids(flag: str, text: str, names: Mapping[str, int], kind: str) -> tuple[str,
     if not items:
         raise invalid(flag, text, f"at least one {kind} is required")
     for item in items:
-        if item.isascii() and item.isdigit():
+        if _digits(item):
             if int(item) > MAX_ID:
                 raise invalid(flag, item, f"{kind} out of range")
             out.append(str(int(item)))
@@ -168,7 +168,7 @@ def loopback_cidr(flag: str, text: str) -> str:
 def bounded_int(flag: str, text: str, lo: int, hi: int) -> int:
     """A decimal integer ``lo``-``hi`` (surrounding blanks allowed)."""
     v = text.strip()
-    if not (v.isascii() and v.isdigit()) or not lo <= int(v) <= hi:
+    if not _digits(v) or not lo <= int(v) <= hi:
         raise invalid(flag, text, f"expected an integer {lo}-{hi}")
     return int(v)
 
