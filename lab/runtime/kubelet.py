@@ -94,6 +94,7 @@ class PodmanPod:
     ready_timeout: float
     hook_timeout: float
     say: Progress
+    image_users: Mapping[str, str] = field(default_factory=dict)  # image -> its USER, read once by check()
     ip: str = ""
     netns: str = ""
     volumes: PodVolumes | None = None
@@ -202,7 +203,7 @@ class PodmanPod:
             c.spec,
             self.pod,
             index=c.index,
-            image_user=podman.image_user(str(c.spec["image"])),
+            image_user=self.image_users[str(c.spec["image"])],
             env=env,
             mounts=self.volumes.mounts(c.spec, c.index),
             expand=lambda text: podspec.expand(text, env),
@@ -318,9 +319,12 @@ def _containers(pod: Mapping[str, Any], prefix: str) -> dict[str, Container]:
 
 def check(
     pod: Mapping[str, Any], node: podspec.Node, config_maps: Mapping[str, Any], secrets_: Mapping[str, Any]
-) -> None:
-    """Everything that can be refused before anything is created (images, security contexts, env, probes)."""
+) -> dict[str, str]:
+    """Everything that can be refused before anything is created (images, security contexts, env, probes); each
+    image's USER, read here once: a kubelet has the image's config from its image status, and a ``podman image
+    inspect`` per container start (25 ms) would be counted as the pod's start-up."""
     validate_volumes(pod)
+    users: dict[str, str] = {}
     for c in _containers(pod, "check").values():
         image = c.spec.get("image")
         if not image:
@@ -331,13 +335,14 @@ def check(
                 "no registry is reachable here (ErrImagePull); build it first (make images)"
             )
         env = podspec.container_env(c.spec, pod, "0.0.0.0", node, config_maps=config_maps, secrets=secrets_)
-        translate.run_flags(
-            c.spec, pod, index=c.index, image_user=podman.image_user(str(image)), env=env, mounts=(), expand=str
-        )
+        if str(image) not in users:
+            users[str(image)] = podman.image_user(str(image))
+        translate.run_flags(c.spec, pod, index=c.index, image_user=users[str(image)], env=env, mounts=(), expand=str)
         for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
             probe = c.spec.get(kind)
             if probe and not any(k in probe for k in ("httpGet", "tcpSocket", "exec")):
                 raise Unhonourable(f"container {c.spec['name']!r} ({c.index}.{kind}): only httpGet, tcpSocket, exec")
+    return users
 
 
 @contextlib.contextmanager
@@ -363,7 +368,7 @@ def run_pod(
     if node_ip is not None:
         node = dataclasses.replace(node, ip=node_ip)
     maps, secs = dict(config_maps or {}), dict(secrets or {})
-    check(pod, node, maps, secs)
+    image_users = check(pod, node, maps, secs)
     meta = pod.get("metadata") or {}
     name = sandbox_name or f"rt-{str(meta.get('name', 'pod'))[:40]}-{secrets_token()}"
     workdir = Path(tempfile.mkdtemp(prefix=f"{name}-"))
@@ -378,6 +383,7 @@ def run_pod(
         ready_timeout,
         hook_timeout,
         progress or (lambda _m: None),
+        image_users,
     )
     running.pod.setdefault("metadata", {}).setdefault("namespace", "default")
     running.containers = _containers(running.pod, name)
