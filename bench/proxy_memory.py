@@ -10,20 +10,34 @@ the baseline measured in the same run: one Envoy holds all its pages alone.
 The private part is split by where it lives (/proc/<pid>/smaps): the executable's own mappings (data relocated and
 written at start, copied on write) and anonymous memory (heap, thread stacks).
 
+With ``--runtime podman`` the pods run as they ship (the images ``make images`` builds, started by podman + runc
+through the runtime lab's kubelet) and each row also reads the istio-proxy container's memory cgroup, the way
+cadvisor does: ``usage`` (``container_memory_usage_bytes``, the figure Istio's performance runs report for
+istio-proxy), ``working set`` (usage less inactive page cache: ``kubectl top``, memory limits, evictions) and the
+page cache charged to the container. A page of the Envoy executable is charged to the cgroup that first read it
+from disk; ``--cold`` empties the page cache before the first pod (``drop_caches``), so the first row shows what
+the first sidecar on a node pays after the image is pulled or its pages were reclaimed.
+
     sudo .venv/bin/python -m bench.proxy_memory [--pods 1,2,4,8] [--values JSON] [--settle 1]
+    sudo .venv/bin/python -m bench.proxy_memory --runtime podman [--cold] [--pods 1,2,4,8]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import os
 import statistics
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 from bench.pods import app_pod, injector
 from bench.sidecar_tax import ISTIO_RSS_MB, TARGET_RSS_MIB, memory
+from injector.core.config import deep_merge
 from lab import podlab
 
 
@@ -41,15 +55,86 @@ def private_split(pid: int) -> dict[str, float]:
     return out
 
 
+MIB = 1024 * 1024
+
+
+def drop_page_cache() -> None:
+    """Write back, then drop clean page cache (every process on the machine reads from disk again)."""
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("1\n")
+
+
+def podman_rows(counts: list[int], values: dict[str, Any], settle: float, cold: bool) -> Iterator[str]:
+    """The rows of ``--runtime podman``: N injected pods from the shipped images, the istio-proxy containers'
+    cgroups and their Envoy processes."""
+    from bench.pods import APP_PORT
+    from lab.runtime import apps, kubelet, podman
+
+    built = podman.build_images()
+    images = {"global": {"envoy": {"image": built.images["envoy"]}, "proxy_init": {"image": built.images["netinit"]}}}
+    inject_pod = injector(deep_merge(images, values), {})
+    app = app_pod("mem", image=apps.echo_image(built.base))
+    app["spec"]["containers"][0]["env"] = [
+        {"name": "ECHO_NAME", "value": "mem"},
+        {"name": "ECHO_PORTS", "value": str(APP_PORT)},
+    ]
+    yield (
+        f"{'pods':>4} {'usage':>7} {'working set':>12} {'charged cache':>14} {'anon':>6}   "
+        f"{'Envoy RSS':>9} {'PSS':>6}   (MiB, means per istio-proxy container)"
+    )
+    with ExitStack() as stack:
+        pods: list[kubelet.PodmanPod] = []
+        if cold:
+            drop_page_cache()
+        first: tuple[podman.CgroupMemory, dict[str, float]] | None = None
+        for n in counts:
+            while len(pods) < n:
+                pod = copy.deepcopy(app)
+                pod["metadata"]["name"] = f"mem{len(pods)}"
+                pods.append(stack.enter_context(kubelet.run_pod(inject_pod(pod))))
+            time.sleep(settle)
+            groups = [podman.container_memory(p.ref(podlab.PROXY_CONTAINER)) for p in pods]
+            procs = [memory(int(p.inspect(podlab.PROXY_CONTAINER, "{{.State.Pid}}"))) for p in pods]
+            if first is None:
+                first = groups[0], procs[0]
+
+            cg = {
+                k: statistics.mean(getattr(g, k) / MIB for g in groups)
+                for k in ("usage", "working_set", "file", "anon")
+            }
+            pm = {k: statistics.mean(m[k] for m in procs) for k in ("rss", "pss")}
+            yield (
+                f"{n:>4} {cg['usage']:>7.1f} {cg['working_set']:>12.1f} {cg['file']:>14.1f} {cg['anon']:>6.1f}   "
+                f"{pm['rss']:>9.1f} {pm['pss']:>6.1f}"
+            )
+    assert first is not None
+    group, proc = first
+    yield (
+        f"\nthe first pod{' (page cache emptied before it)' if cold else ''}: usage {group.usage / MIB:.1f} MiB, "
+        f"working set {group.working_set / MIB:.1f}, page cache charged to it {group.file / MIB:.1f}; its Envoy's "
+        f"RSS {proc['rss']:.1f} MiB ({proc['binary']:.1f} of them the executable's pages)"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pods", default="1,2,4,8", help="the numbers of injected pods to measure at")
     ap.add_argument("--values", default="{}", help="JSON merged over the shipped values.yaml (tuning A/B runs)")
     ap.add_argument("--settle", type=float, default=1.0, help="seconds after the last pod of a row, before reading")
+    ap.add_argument("--runtime", default="netns", choices=["netns", "podman"], help="podlab, or the shipped images")
+    ap.add_argument("--cold", action="store_true", help="podman: empty the page cache before the first pod")
     args = ap.parse_args(argv)
     counts = sorted({int(n) for n in args.pods.split(",")})
     if not 1 <= counts[0] <= counts[-1] <= 250:  # a pod subnet each: 10.95.1-250
         ap.error(f"--pods: numbers from 1 to 250, got {args.pods!r}")
+    if args.cold and args.runtime != "podman":
+        ap.error("--cold is for --runtime podman (the podlab rows read processes, not cgroups)")
+    if args.runtime == "podman":
+        print(f"# podman + runc, the shipped images; values {args.values}; read {args.settle:g} s after each row")
+        for row in podman_rows(counts, json.loads(args.values), args.settle, args.cold):
+            print(row, flush=True)
+        print(target_line())
+        return
     inject_pod = injector(json.loads(args.values), {})
     print(f"# values {args.values}; read {args.settle:g} s after each row's last pod started")
     print(
@@ -80,7 +165,11 @@ def main(argv: list[str] | None = None) -> None:
         f"\nprivate part of one Envoy: {split['executable']:.1f} MiB in the executable's own mappings (relocated "
         f"data, copied on write at start), {split['anonymous']:.1f} MiB anonymous (heap, thread stacks)"
     )
-    print(f"target: RSS <= {TARGET_RSS_MIB:g} MiB per proxy; Istio: ~{ISTIO_RSS_MB:g} MB per proxy plus pilot-agent")
+    print(target_line())
+
+
+def target_line() -> str:
+    return f"target: RSS <= {TARGET_RSS_MIB:g} MiB per proxy; Istio: ~{ISTIO_RSS_MB:g} MB per proxy plus pilot-agent"
 
 
 if __name__ == "__main__":

@@ -218,3 +218,51 @@ def container(image: str, *cmd: str, opts: Opts = Opts()) -> Iterator[str]:
 def logs(name: str) -> str:
     proc = cli("logs", name, check=False)
     return proc.stdout + proc.stderr
+
+
+@dataclass(frozen=True)
+class CgroupMemory:
+    """A container's memory as its memory cgroup counts it, in bytes: what cadvisor exports and the kubelet acts
+    on. ``usage`` is ``container_memory_usage_bytes`` (Istio's performance runs report this for istio-proxy);
+    ``working_set`` is usage less the inactive page cache, ``container_memory_working_set_bytes``: what
+    ``kubectl top`` shows and evictions and memory limits go by; ``anon`` is the container's own heap and stacks;
+    ``file`` the page cache charged to it (files it was the first to read)."""
+
+    usage: int
+    working_set: int
+    anon: int
+    file: int
+
+
+def cgroup_memory(usage: str, stat: str, version: int) -> CgroupMemory:
+    """Parse a memory cgroup's usage file and ``memory.stat`` (v1: ``memory.usage_in_bytes`` and its ``total_*``
+    rows, which include child cgroups; v2: ``memory.current``, whose rows already do), as cadvisor does."""
+    rows = {}
+    for line in stat.splitlines():
+        key, _, value = line.partition(" ")
+        if value.strip().isdigit():
+            rows[key] = int(value)
+    prefix, anon, file = ("total_", "rss", "cache") if version == 1 else ("", "anon", "file")
+    used = int(usage.strip())
+    inactive = rows.get(f"{prefix}inactive_file", 0)
+    return CgroupMemory(
+        usage=used,
+        working_set=used - inactive if inactive < used else 0,
+        anon=rows.get(f"{prefix}{anon}", 0),
+        file=rows.get(f"{prefix}{file}", 0),
+    )
+
+
+def container_memory(name: str, root: Path = Path("/sys/fs/cgroup")) -> CgroupMemory:
+    """The memory cgroup of a running container (``podman inspect`` names its cgroup; hybrid hosts such as this
+    one keep the memory controller on v1)."""
+    rel = cli("inspect", "-f", "{{.State.CgroupPath}}", name).stdout.strip().lstrip("/")
+    if not rel:
+        raise EngineError(f"container {name}: podman reports no cgroup (is it running?)")
+    for version, directory, usage in (
+        (1, root / "memory" / rel, "memory.usage_in_bytes"),
+        (2, root / rel, "memory.current"),
+    ):
+        if (directory / usage).is_file():
+            return cgroup_memory((directory / usage).read_text(), (directory / "memory.stat").read_text(), version)
+    raise EngineError(f"container {name}: no memory cgroup under {root} for {rel}")
