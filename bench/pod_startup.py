@@ -27,7 +27,7 @@ import statistics
 from collections.abc import Callable
 from typing import Any
 
-from bench.pods import APP_PORT, Injector, app_pod, injector
+from bench.pods import APP_PORT, Injector, app_pod, injector, shipped_images
 from lab import podlab
 
 TARGET_ADDED_MS = 300.0
@@ -89,7 +89,7 @@ def podman_samples(
     from lab.runtime import apps, kubelet, podman, probes
 
     built = podman.build_images()
-    images = {"global": {"envoy": {"image": built.images["envoy"]}, "proxy_init": {"image": built.images["netinit"]}}}
+    images = shipped_images(built.images)
 
     def with_noop_init(pod: dict[str, Any]) -> dict[str, Any]:
         """The plain pod plus one init container that only runs ``true``: what one more container costs here."""

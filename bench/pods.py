@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,12 @@ def app_pod(name: str, image: str = "bench/httpload") -> dict[str, Any]:
         "metadata": {"name": name, "labels": {"app": name}},
         "spec": {"containers": [{"name": "app", "image": image, "ports": [{"containerPort": APP_PORT}]}]},
     }
+
+
+def shipped_images(images: Mapping[str, str]) -> dict[str, Any]:
+    """Values that make injection use the images ``make images`` built (``podman.Built.images``), as an install
+    that pushed them to its own registry would set them."""
+    return {"global": {"envoy": {"image": images["envoy"]}, "proxy_init": {"image": images["netinit"]}}}
 
 
 def injector(values: dict[str, Any], annotations: dict[str, str], native: str | None = None) -> Injector:

@@ -35,7 +35,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from bench.pods import app_pod, injector
+from bench.pods import APP_PORT, app_pod, injector, shipped_images
 from bench.sidecar_tax import ISTIO_RSS_MB, TARGET_RSS_MIB, memory
 from injector.core.config import deep_merge
 from lab import podlab
@@ -67,11 +67,10 @@ def drop_page_cache() -> None:
 def podman_rows(counts: list[int], values: dict[str, Any], settle: float, cold: bool) -> Iterator[str]:
     """The rows of ``--runtime podman``: N injected pods from the shipped images, the istio-proxy containers'
     cgroups and their Envoy processes."""
-    from bench.pods import APP_PORT
     from lab.runtime import apps, kubelet, podman
 
     built = podman.build_images()
-    images = {"global": {"envoy": {"image": built.images["envoy"]}, "proxy_init": {"image": built.images["netinit"]}}}
+    images = shipped_images(built.images)
     inject_pod = injector(deep_merge(images, values), {})
     app = app_pod("mem", image=apps.echo_image(built.base))
     app["spec"]["containers"][0]["env"] = [

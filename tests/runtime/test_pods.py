@@ -391,6 +391,30 @@ def test_a_sandbox_restart_re_runs_istio_init(
 # --- teardown and bad input --------------------------------------------------------------------------------------
 
 
+def test_a_pod_start_reads_each_image_once_and_before_the_sandbox(
+    webhook: WebhookContainer, echo_image: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bench.pod_startup times from the sandbox on: an image inspect per container start (25 ms each, which a
+    kubelet does not pay: it has the image's config) would be counted as injection's cost."""
+    calls: list[tuple[str, ...]] = []
+    real = podman.cli
+
+    def recorded(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(podman, "cli", recorded)
+    admitted = admit(webhook, make_pod(echo_image))
+    with kubelet.run_pod(admitted) as running:
+        assert running.get(8080).status == 200
+    images = {c["image"] for c in [*admitted["spec"]["initContainers"], *admitted["spec"]["containers"]]}
+    sandbox = next(i for i, args in enumerate(calls) if args[:2] == ("pod", "create"))
+    users = [args[-1] for args in calls if args[:2] == ("image", "inspect") and "{{.Config.User}}" in args]
+    assert sorted(users) == sorted(images), calls  # each image's USER read once
+    assert not [args for args in calls[sandbox:] if args[:2] == ("image", "inspect")], calls[sandbox:]
+    assert len([args for args in calls[sandbox:] if args[0] == "run"]) == len(running.containers), calls[sandbox:]
+
+
 def test_teardown_leaves_no_container_namespace_mount_or_host_rule(webhook: WebhookContainer, echo_image: str) -> None:
     before = host_rules()
     pod = make_pod(echo_image, annotations={"sidecar.istio.io/nativeSidecar": "true"})
