@@ -16,10 +16,13 @@ cadvisor does: ``usage`` (``container_memory_usage_bytes``, the figure Istio's p
 istio-proxy), ``working set`` (usage less inactive page cache: ``kubectl top``, memory limits, evictions) and the
 page cache charged to the container. A page of the Envoy executable is charged to the cgroup that first read it
 from disk; ``--cold`` empties the page cache before the first pod (``drop_caches``), so the first row shows what
-the first sidecar on a node pays after the image is pulled or its pages were reclaimed.
+the first sidecar on a node pays after the image is pulled or its pages were reclaimed. The pods' app is
+``httpload serve`` (bench/httpload.c, static, in an image of its own); after the rows ``--soak`` requests go from
+the node to the first pod at ``--rate`` (keep-alive, through its Envoy's inbound listener, which must count
+them) while its cgroup and Envoy's RSS are sampled every second: flat, or growing with the requests.
 
     sudo .venv/bin/python -m bench.proxy_memory [--pods 1,2,4,8] [--values JSON] [--settle 1]
-    sudo .venv/bin/python -m bench.proxy_memory --runtime podman [--cold] [--pods 1,2,4,8]
+    sudo .venv/bin/python -m bench.proxy_memory --runtime podman [--cold] [--pods 1,2,4,8] [--soak 100000 --rate 2000]
 """
 
 from __future__ import annotations
@@ -28,17 +31,26 @@ import argparse
 import copy
 import json
 import os
+import shutil
 import statistics
+import subprocess
+import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.pods import APP_PORT, app_pod, injector, shipped_images
 from bench.sidecar_tax import ISTIO_RSS_MB, TARGET_RSS_MIB, memory
 from injector.core.config import deep_merge
 from lab import podlab
+
+if TYPE_CHECKING:
+    from lab.runtime import kubelet
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def private_split(pid: int) -> dict[str, float]:
@@ -64,19 +76,30 @@ def drop_page_cache() -> None:
     Path("/proc/sys/vm/drop_caches").write_text("1\n")
 
 
-def podman_rows(counts: list[int], values: dict[str, Any], settle: float, cold: bool) -> Iterator[str]:
+def httpload_app(base: str) -> dict[str, Any]:
+    """The pods' app: ``httpload serve`` (the sidecar-tax bench's C server, static) from an image of its own."""
+    from lab.runtime import apps
+    from lab.shell import c_binary
+
+    with tempfile.TemporaryDirectory(prefix="httpload-") as d:
+        binary = Path(d, "httpload")
+        shutil.copy2(c_binary(ROOT / "bench" / "httpload.c", "httpload-static", static=True), binary)
+        image = apps.binary_image(base, binary, "serve", str(APP_PORT))
+    pod = app_pod("mem", image=image)
+    pod["spec"]["containers"][0]["readinessProbe"] = {"tcpSocket": {"port": APP_PORT}, "periodSeconds": 1}
+    return pod
+
+
+def podman_rows(
+    counts: list[int], values: dict[str, Any], settle: float, cold: bool, soak: int, rate: float
+) -> Iterator[str]:
     """The rows of ``--runtime podman``: N injected pods from the shipped images, the istio-proxy containers'
-    cgroups and their Envoy processes."""
-    from lab.runtime import apps, kubelet, podman
+    cgroups and their Envoy processes; then ``soak`` requests through the first pod's Envoy."""
+    from lab.runtime import kubelet, podman
 
     built = podman.build_images()
-    images = shipped_images(built.images)
-    inject_pod = injector(deep_merge(images, values), {})
-    app = app_pod("mem", image=apps.echo_image(built.base))
-    app["spec"]["containers"][0]["env"] = [
-        {"name": "ECHO_NAME", "value": "mem"},
-        {"name": "ECHO_PORTS", "value": str(APP_PORT)},
-    ]
+    inject_pod = injector(deep_merge(shipped_images(built.images), values), {})
+    app = httpload_app(built.base)
     yield (
         f"{'pods':>4} {'usage':>7} {'working set':>12} {'charged cache':>14} {'anon':>6}   "
         f"{'Envoy RSS':>9} {'PSS':>6}   (MiB, means per istio-proxy container)"
@@ -93,10 +116,9 @@ def podman_rows(counts: list[int], values: dict[str, Any], settle: float, cold: 
                 pods.append(stack.enter_context(kubelet.run_pod(inject_pod(pod))))
             time.sleep(settle)
             groups = [podman.container_memory(p.ref(podlab.PROXY_CONTAINER)) for p in pods]
-            procs = [memory(int(p.inspect(podlab.PROXY_CONTAINER, "{{.State.Pid}}"))) for p in pods]
+            procs = [memory(envoy_pid(p)) for p in pods]
             if first is None:
                 first = groups[0], procs[0]
-
             cg = {
                 k: statistics.mean(getattr(g, k) / MIB for g in groups)
                 for k in ("usage", "working_set", "file", "anon")
@@ -106,13 +128,78 @@ def podman_rows(counts: list[int], values: dict[str, Any], settle: float, cold: 
                 f"{n:>4} {cg['usage']:>7.1f} {cg['working_set']:>12.1f} {cg['file']:>14.1f} {cg['anon']:>6.1f}   "
                 f"{pm['rss']:>9.1f} {pm['pss']:>6.1f}"
             )
-    assert first is not None
-    group, proc = first
+        assert first is not None
+        group, proc = first
+        yield (
+            f"\nthe first pod{' (page cache emptied before it)' if cold else ''}: usage {group.usage / MIB:.1f} MiB, "
+            f"working set {group.working_set / MIB:.1f}, page cache charged to it {group.file / MIB:.1f}; its Envoy's "
+            f"RSS {proc['rss']:.1f} MiB ({proc['binary']:.1f} of them the executable's pages)"
+        )
+        if soak:
+            yield from soak_rows(pods[0], soak, rate)
+
+
+def envoy_pid(pod: kubelet.PodmanPod) -> int:
+    return int(pod.inspect(podlab.PROXY_CONTAINER, "{{.State.Pid}}"))
+
+
+def soak_rows(pod: kubelet.PodmanPod, requests: int, rate: float) -> Iterator[str]:
+    """``requests`` keep-alive requests from the node to the pod's app at ``rate``, through its Envoy (inbound
+    capture); the istio-proxy container's cgroup and Envoy's RSS sampled every second: flat, or growing."""
+    from lab.runtime import podman
+    from lab.shell import c_binary
+
+    cgroup = podman.memory_cgroup(pod.ref(podlab.PROXY_CONTAINER))
+    pid = envoy_pid(pod)
+    samples: list[tuple[podman.CgroupMemory, dict[str, float]]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while True:
+            samples.append((podman.read_memory(*cgroup), memory(pid)))
+            if done.wait(1.0):
+                return
+
+    inbound = "listener.0.0.0.0_15006.downstream_cx_total"
+    before = pod.envoy_stats().get(inbound, 0)
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    conns = 16
+    argv = [str(c_binary(ROOT / "bench" / "httpload.c", "httpload")), "load", pod.ip, str(APP_PORT)]
+    try:
+        res = subprocess.run(
+            [*argv, f"{rate:g}", f"{requests / rate:g}", str(conns), "keepalive", "1"],
+            capture_output=True,
+            text=True,
+            timeout=requests / rate + 60,
+            check=False,
+        )
+    finally:
+        done.set()
+        sampler.join()
+    try:
+        out = json.loads(res.stdout)
+    except json.JSONDecodeError:
+        raise SystemExit(f"httpload load: exit {res.returncode}: {res.stderr.strip()}") from None
+    carried = pod.envoy_stats().get(inbound, 0) - before
+    if out["errors"] or out["unanswered"] or carried < conns:
+        raise SystemExit(
+            f"soak: {out['errors']} errors, {out['unanswered']} unanswered, {carried} connections via 15006"
+        )
     yield (
-        f"\nthe first pod{' (page cache emptied before it)' if cold else ''}: usage {group.usage / MIB:.1f} MiB, "
-        f"working set {group.working_set / MIB:.1f}, page cache charged to it {group.file / MIB:.1f}; its Envoy's "
-        f"RSS {proc['rss']:.1f} MiB ({proc['binary']:.1f} of them the executable's pages)"
+        f"\nsoak: {out['ok']:,} requests at {rate:g} rps keep-alive from the node through the first pod's Envoy "
+        f"({carried} connections on its inbound listener), p99 {out['p99_us'] / 1000:.3f} ms; {len(samples)} samples"
     )
+    for label, values in (
+        ("usage", [s[0].usage / MIB for s in samples]),
+        ("working set", [s[0].working_set / MIB for s in samples]),
+        ("Envoy RSS", [s[1]["rss"] for s in samples]),
+    ):
+        tenth = values[len(values) // 10]  # once the connections and their buffers exist
+        yield (
+            f"  {label}: first second {values[0]:.1f} MiB, at 10 % {tenth:.1f}, last {values[-1]:.1f}, max "
+            f"{max(values):.1f} (from 10 % to the end {values[-1] - tenth:+.1f} MiB)"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -122,6 +209,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--settle", type=float, default=1.0, help="seconds after the last pod of a row, before reading")
     ap.add_argument("--runtime", default="netns", choices=["netns", "podman"], help="podlab, or the shipped images")
     ap.add_argument("--cold", action="store_true", help="podman: empty the page cache before the first pod")
+    ap.add_argument("--soak", type=int, default=100_000, help="podman: requests through the first pod (0: none)")
+    ap.add_argument("--rate", type=float, default=2000.0, help="podman: the soak's requests per second")
     args = ap.parse_args(argv)
     counts = sorted({int(n) for n in args.pods.split(",")})
     if not 1 <= counts[0] <= counts[-1] <= 250:  # a pod subnet each: 10.95.1-250
@@ -130,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
         ap.error("--cold is for --runtime podman (the podlab rows read processes, not cgroups)")
     if args.runtime == "podman":
         print(f"# podman + runc, the shipped images; values {args.values}; read {args.settle:g} s after each row")
-        for row in podman_rows(counts, json.loads(args.values), args.settle, args.cold):
+        for row in podman_rows(counts, json.loads(args.values), args.settle, args.cold, args.soak, args.rate):
             print(row, flush=True)
         print(target_line())
         return

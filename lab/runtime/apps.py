@@ -1,4 +1,5 @@
-"""The app image of the runtime lab: ``localhost/sidecar-injector-lab-echo:<hash>``.
+"""The app images of the runtime lab: ``localhost/sidecar-injector-lab-echo:<hash>`` (and, for the benchmarks,
+``binary_image``: one static binary as the entrypoint).
 
 Why a tiny image of its own rather than ``python`` out of the injector image with a script on its command line:
 
@@ -42,5 +43,34 @@ def echo_image(base: str) -> str:
     with tempfile.TemporaryDirectory(prefix="lab-echo-") as d:
         Path(d, "Containerfile").write_text(text)
         Path(d, "echo.py").write_text(ECHO_SOURCE.read_text())
+        podman.cli("build", "--network", "none", "-q", "-f", f"{d}/Containerfile", "-t", image, d, timeout=300)
+    return image
+
+
+BINARY_CONTAINERFILE = """\
+FROM {base}
+COPY {name} /{name}
+USER {uid}:{uid}
+ENTRYPOINT {entrypoint}
+"""
+
+
+def binary_image(base: str, binary: Path, *args: str) -> str:
+    """Build (or find) an image on ``base`` whose entrypoint is ``binary ARGS`` as uid 1000 (a static binary: the
+    benchmarks' C app server); its name, by content."""
+    import json
+
+    text = BINARY_CONTAINERFILE.format(
+        base=base, name=binary.name, uid=APP_UID, entrypoint=json.dumps([f"/{binary.name}", *args])
+    )
+    digest = hashlib.sha256(text.encode() + binary.read_bytes()).hexdigest()[:12]
+    image = f"localhost/sidecar-injector-lab-{binary.name}:{digest}"
+    if podman.image_exists(image):
+        return image
+    with tempfile.TemporaryDirectory(prefix="lab-binary-") as d:
+        Path(d, "Containerfile").write_text(text)
+        target = Path(d, binary.name)
+        target.write_bytes(binary.read_bytes())
+        target.chmod(0o755)
         podman.cli("build", "--network", "none", "-q", "-f", f"{d}/Containerfile", "-t", image, d, timeout=300)
     return image

@@ -4,6 +4,7 @@ a neighbour - shows up in the figures."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -37,8 +38,16 @@ def test_container_memory_reads_each_containers_own_cgroup(built: podman.Built) 
 def test_the_memory_bench_reads_the_proxy_containers(capsys: pytest.CaptureFixture[str]) -> None:
     from bench import proxy_memory
 
-    proxy_memory.main(["--runtime", "podman", "--pods", "1,2", "--settle", "0.5"])
+    proxy_memory.main(["--runtime", "podman", "--pods", "1,2", "--settle", "0.5", "--soak", "3000", "--rate", "1000"])
     out = capsys.readouterr().out
+    # the soak went through the first pod's Envoy (the bench fails if its inbound listener did not count it)
+    assert re.search(r"^soak: 3,000 requests at 1000 rps .*\((\d+) connections on its inbound listener\)", out, re.M), (
+        out
+    )
+    for label in ("usage", "working set", "Envoy RSS"):
+        assert re.search(rf"^  {label}: first second [\d.]+ MiB, at 10 % [\d.]+, last [\d.]+, max [\d.]+", out, re.M), (
+            out
+        )
     rows = [line.split() for line in out.splitlines() if line[:4].strip() in ("1", "2")]
     assert [r[0] for r in rows] == ["1", "2"], out
     for row in rows:
