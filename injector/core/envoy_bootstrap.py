@@ -37,6 +37,15 @@ ADMIN = "admin"
 # Istio's value for its passthrough clusters: long enough for a slow peer, short enough to fail visibly.
 PASSTHROUGH_CONNECT_TIMEOUT = "10s"
 ADMIN_CONNECT_TIMEOUT = "1s"
+# Istio's circuit-breaker thresholds for every cluster it builds, the passthrough ones included: the maximum.
+# Envoy's defaults (1024 connections per cluster) would have the sidecar close an app's 1025th concurrent
+# connection (upstream_cx_overflow), a limit the app never asked for.
+UNLIMITED = 4294967295
+
+
+def _circuit_breakers() -> dict[str, Any]:
+    thresholds = ("max_connections", "max_pending_requests", "max_requests", "max_retries")
+    return {"thresholds": [{**dict.fromkeys(thresholds, UNLIMITED), "track_remaining": True}]}
 
 
 def bootstrap(
@@ -133,6 +142,7 @@ def _original_dst_cluster(name: str) -> dict[str, Any]:
         "type": "ORIGINAL_DST",
         "lb_policy": "CLUSTER_PROVIDED",
         "connect_timeout": PASSTHROUGH_CONNECT_TIMEOUT,
+        "circuit_breakers": _circuit_breakers(),
     }
 
 

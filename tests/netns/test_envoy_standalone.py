@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -110,3 +111,59 @@ def test_captured_traffic_is_carried_by_envoy(netns: str, tmp_path: Path) -> Non
         assert (int(before[key]), int(after[key])) == (0, 1), name
     assert int(after["cluster.InboundPassthroughCluster.upstream_cx_connect_fail"]) == 0
     assert int(after["listener.0.0.0.0_15006.downstream_cx_total"]) == 1
+
+
+HOLDER = r"""
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(4096)
+print("ready", flush=True)
+held = []
+while True:
+    c, _ = s.accept(); c.sendall(b"ok\n"); held.append(c)
+"""
+
+OPENER = r"""
+import json, socket, sys
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+held, ok = [], 0
+for _ in range(n):
+    try:
+        c = socket.create_connection((host, port), timeout=5)
+        held.append(c)
+        ok += c.recv(3) == b"ok\n"
+    except OSError:
+        pass
+print(json.dumps({"ok": ok, "opened": len(held)}), flush=True)
+sys.stdin.readline()  # hold every connection until the test has read Envoy's stats
+"""
+
+
+def test_more_than_envoys_default_1024_connections_pass_through_at_once(netns: str, tmp_path: Path) -> None:
+    """Envoy's default circuit breaker allows 1024 connections per cluster; an app holding more (a connection
+    pool, a fan-out) would have the rest closed by the sidecar. Istio sets its passthrough clusters' thresholds
+    to the maximum, and so does this bootstrap."""
+    pod, n = netns, 1100
+    with netlab.namespace("peer") as peer:
+        netlab.link(pod, f"{POD}/24", peer, f"{PEER}/24")
+        assert netlab.run_netinit(*netlab.SIDECAR_ARGS, "--network-namespace", pod).returncode == 0
+        remote = netlab.Proc(peer, [sys.executable, "-c", HOLDER, "0.0.0.0", "9090"], uid=1000)
+        try:
+            with envoy(pod, tmp_path / "envoy.log"):
+                cmd = ["ip", "netns", "exec", pod, "setpriv", "--reuid=1000", "--regid=1000", "--clear-groups"]
+                opener = subprocess.Popen(
+                    [*cmd, sys.executable, "-c", OPENER, PEER, "9090", str(n)],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+                assert opener.stdout is not None and opener.stdin is not None
+                result = json.loads(opener.stdout.readline() or "{}")
+                held = stats(pod)
+                opener.stdin.close()
+                opener.wait(timeout=30)
+        finally:
+            remote.stop()
+    assert result == {"ok": n, "opened": n}, result
+    assert held["cluster.PassthroughCluster.upstream_cx_overflow"] == "0"
+    assert int(held["cluster.PassthroughCluster.upstream_cx_active"]) == n
