@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from bench import pod_startup, proxy_memory, sidecar_tax
+from bench import pod_startup, proxy_buffers, proxy_memory, sidecar_tax
 
 pytestmark = pytest.mark.requires_root
 
@@ -47,3 +47,15 @@ def test_the_memory_bench_shows_the_binary_shared_between_envoys(capsys: pytest.
     assert pss2 < pss1 - 10, out  # a second Envoy takes half of the executable's ~50 MiB of pages off the first
     assert abs(total2 - 2 * pss2) < 0.2, out
     assert re.search(r"private part of one Envoy: [\d.]+ MiB in the executable's own mappings", out), out
+
+
+def test_the_buffer_bench_measures_every_limit_against_the_uncaptured_path(capsys: pytest.CaptureFixture[str]) -> None:
+    proxy_buffers.main(["--stalled", "4", "--mib", "16", "--repeat", "1"])
+    out = capsys.readouterr().out
+    for _, label in proxy_buffers.LIMITS:
+        row = re.search(rf"^{re.escape(label)}\s+([\d.]+) / ([\d.]+)\s+(-?\d+) KiB\s+(\d+) KiB\s+(\d+)$", out, re.M)
+        assert row, (label, out)
+        assert float(row[1]) > 5 and int(row[5]) > 0, out
+        if label.startswith("Envoy's default"):  # up to 1 MiB each: Envoy's heap holds what the peers did not read
+            assert float(row[2]) - float(row[1]) > 2, out
+    assert re.search(r"^no Envoy \(uid 1337, not captured\)\s+\d+$", out, re.M), out
