@@ -167,3 +167,22 @@ def test_more_than_envoys_default_1024_connections_pass_through_at_once(netns: s
     assert result == {"ok": n, "opened": n}, result
     assert held["cluster.PassthroughCluster.upstream_cx_overflow"] == "0"
     assert int(held["cluster.PassthroughCluster.upstream_cx_active"]) == n
+
+
+def test_envoy_raises_its_open_files_soft_limit_to_the_hard_limit(netns: str, tmp_path: Path) -> None:
+    """docs/how-it-works.md relies on it: a runtime's soft limit of 1024 (containerd 2) does not cap the sidecar."""
+    cmd = ["ip", "netns", "exec", netns, "prlimit", "--nofile=1024:8192", "setpriv", "--reuid=1337", "--regid=1337"]
+    cmd += ["--clear-groups", envoy_binary(), "--disable-hot-restart", "--config-yaml", json.dumps(bootstrap())]
+    with (tmp_path / "envoy.log").open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 5
+        while curl(netns, f"{ADMIN}/ready") != (200, "LIVE"):
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "envoy.log").read_text()[-2000:]
+            time.sleep(0.05)
+        limits = Path(f"/proc/{proc.pid}/limits").read_text()
+    finally:
+        proc.kill()
+        proc.wait(timeout=5)
+    line = next(x for x in limits.splitlines() if x.startswith("Max open files"))
+    assert line.split()[3:5] == ["8192", "8192"], line
