@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from injector.errors import TemplateError
+
 _T = "type.googleapis.com/envoy."
 ORIGINAL_DST_FILTER = _T + "extensions.filters.listener.original_dst.v3.OriginalDst"
 TCP_PROXY = _T + "extensions.filters.network.tcp_proxy.v3.TcpProxy"
@@ -41,6 +43,10 @@ ADMIN_CONNECT_TIMEOUT = "1s"
 # Envoy's defaults (1024 connections per cluster) would have the sidecar close an app's 1025th concurrent
 # connection (upstream_cx_overflow), a limit the app never asked for.
 UNLIMITED = 4294967295
+# What Envoy buffers per connection before it stops reading the other side (its default: 1 MiB, which Istio's
+# sidecars keep). 256 KiB holds a connection whose peer stops reading to a quarter of the memory at the same bulk
+# throughput (docs/benchmarks.md §8, bench.proxy_buffers); values global.envoy.perConnectionBufferLimitBytes.
+BUFFER_LIMIT = 262144
 
 
 def _circuit_breakers() -> dict[str, Any]:
@@ -57,6 +63,7 @@ def bootstrap(
     health_port: int = 15021,
     inbound_source: str = "127.0.0.6",
     access_log: bool = True,
+    buffer_limit: int | None = BUFFER_LIMIT,
     node_id: str = "sidecar",
     cluster: str = "sidecar",
 ) -> dict[str, Any]:
@@ -66,14 +73,25 @@ def bootstrap(
     ISTIO_OUTPUT chain lets through (127.0.0.6 by default): otherwise Envoy's connection to the application
     (uid 1337, over lo, to the pod IP) is captured again by ISTIO_IN_REDIRECT and loops until Envoy runs out of
     file descriptors.
+
+    ``buffer_limit`` is ``per_connection_buffer_limit_bytes`` of the capture listeners and the passthrough
+    clusters (None: Envoy's default, 1 MiB).
     """
+    if buffer_limit is not None and (
+        isinstance(buffer_limit, bool) or not isinstance(buffer_limit, int) or not 1024 <= buffer_limit <= UNLIMITED
+    ):
+        raise TemplateError(
+            f"global.envoy.perConnectionBufferLimitBytes: expected bytes from 1024 to {UNLIMITED} (or null for "
+            f"Envoy's default), got {buffer_limit!r}"
+        )
+    limit = {} if buffer_limit is None else {"per_connection_buffer_limit_bytes": buffer_limit}
     return {
         "node": {"id": node_id, "cluster": cluster},
         "admin": {"address": _addr("127.0.0.1", admin_port)},
         "static_resources": {
             "listeners": [
-                _passthrough_listener("virtualOutbound", outbound_port, PASSTHROUGH, access_log),
-                _passthrough_listener("virtualInbound", inbound_port, INBOUND_PASSTHROUGH, access_log),
+                {**_passthrough_listener("virtualOutbound", outbound_port, PASSTHROUGH, access_log), **limit},
+                {**_passthrough_listener("virtualInbound", inbound_port, INBOUND_PASSTHROUGH, access_log), **limit},
                 _admin_proxy_listener(
                     "health",
                     health_port,
@@ -83,9 +101,10 @@ def bootstrap(
                 _admin_proxy_listener("prometheus", stats_port, {"path": "/stats/prometheus"}, {"cluster": ADMIN}),
             ],
             "clusters": [
-                _original_dst_cluster(PASSTHROUGH),
+                {**_original_dst_cluster(PASSTHROUGH), **limit},
                 {
                     **_original_dst_cluster(INBOUND_PASSTHROUGH),
+                    **limit,
                     "upstream_bind_config": {"source_address": {"address": inbound_source, "port_value": 0}},
                 },
                 # No endpoints: a connection routed here is closed at once (and counted as upstream_cx_none_healthy).

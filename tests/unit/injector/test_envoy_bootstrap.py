@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from injector.core.envoy_bootstrap import bootstrap
+from injector.core.envoy_bootstrap import BUFFER_LIMIT, bootstrap
+from injector.errors import TemplateError
 from lab.shell import envoy_binary
 
 
@@ -139,9 +140,40 @@ def test_json_round_trip_and_fresh_dicts() -> None:
     assert b["static_resources"]["clusters"]  # no shared state between calls
 
 
+def test_passthrough_clusters_have_istios_unlimited_circuit_breakers() -> None:
+    cs = _clusters(bootstrap())
+    for name in ("PassthroughCluster", "InboundPassthroughCluster"):
+        (thresholds,) = cs[name]["circuit_breakers"]["thresholds"]
+        assert thresholds["max_connections"] == thresholds["max_requests"] == 4294967295, thresholds
+
+
+CAPTURE = ("virtualOutbound", "virtualInbound", "PassthroughCluster", "InboundPassthroughCluster")
+
+
+@pytest.mark.parametrize(("limit", "expected"), [(BUFFER_LIMIT, 262144), (65536, 65536), (None, None)])
+def test_the_buffer_limit_is_on_the_capture_path_only(limit: int | None, expected: int | None) -> None:
+    """docs/compat.md I13: 256 KiB by default (Istio's sidecars keep Envoy's 1 MiB); None is Envoy's default."""
+    cfg = bootstrap(buffer_limit=limit)
+    objects = {**_listeners(cfg), **_clusters(cfg)}
+    for name, obj in objects.items():
+        want = expected if name in CAPTURE else None
+        assert obj.get("per_connection_buffer_limit_bytes") == want, name
+
+
+@pytest.mark.parametrize("bad", [0, 1023, 2**32, "256k", True, 262144.0])
+def test_a_bad_buffer_limit_is_refused_naming_the_value(bad: Any) -> None:
+    with pytest.raises(TemplateError, match=r"global\.envoy\.perConnectionBufferLimitBytes"):
+        bootstrap(buffer_limit=bad)
+
+
 @pytest.mark.parametrize(
     "kwargs",
-    [{}, {"access_log": False}, {"outbound_port": 16001, "inbound_port": 16006, "admin_port": 19000}],
+    [
+        {},
+        {"access_log": False},
+        {"buffer_limit": None},
+        {"outbound_port": 16001, "inbound_port": 16006, "admin_port": 19000},
+    ],
 )
 def test_real_envoy_accepts_the_bootstrap(kwargs: dict[str, Any]) -> None:
     res = validate(bootstrap(**kwargs))

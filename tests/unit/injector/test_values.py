@@ -80,6 +80,7 @@ VALUES: dict[str, tuple[Any, str | None]] = {
     "global.envoy.image": ("registry.example/envoy:9", "registry.example/envoy:9"),
     "global.envoy.logLevel": ("debug", '"--log-level", "debug"'),
     "global.envoy.accessLog": (False, None),
+    "global.envoy.perConnectionBufferLimitBytes": (65536, '"per_connection_buffer_limit_bytes\\":65536'),
     "sidecarInjectorWebhook.nativeSidecar": ("true", '"restartPolicy": "Always"'),
     "sidecarInjectorWebhook.rewriteAppHTTPProbe": (False, None),
     "meshConfig.enablePrometheusMerge": (False, None),
