@@ -44,8 +44,9 @@ ADMIN_CONNECT_TIMEOUT = "1s"
 # connection (upstream_cx_overflow), a limit the app never asked for.
 UNLIMITED = 4294967295
 # What Envoy buffers per connection before it stops reading the other side (its default: 1 MiB, which Istio's
-# sidecars keep). 256 KiB holds a connection whose peer stops reading to a quarter of the memory at the same bulk
-# throughput (docs/benchmarks.md §8, bench.proxy_buffers); values global.envoy.perConnectionBufferLimitBytes.
+# sidecars keep). At 256 KiB a connection whose peer stops reading costs Envoy 3.6x less heap, for 2-15 % of one
+# connection's bulk throughput at ~1 GiB/s (docs/benchmarks.md §8, bench.proxy_buffers; docs/compat.md I13);
+# values global.envoy.perConnectionBufferLimitBytes.
 BUFFER_LIMIT = 262144
 
 
