@@ -25,14 +25,11 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from injector.core.envoy_bootstrap import bootstrap
-from lab import netlab, traffic
-from lab.shell import LabError, envoy_binary
+from lab import netlab
+from lab.shell import LabError
 
 POD, PEER, PORT = "10.68.0.2", "10.68.0.1", 9090
 LIMITS = (
@@ -101,28 +98,6 @@ print(acked, time.monotonic() - start, flush=True)
 """
 
 
-@contextmanager
-def envoy(ns: str, boot: dict[str, Any], log: Path) -> Iterator[int]:
-    """Envoy with ``boot`` in ``ns`` as uid 1337, ready; its pid."""
-    cmd = ["ip", "netns", "exec", ns, "setpriv", "--reuid=1337", "--regid=1337", "--clear-groups"]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [*cmd, envoy_binary(), "--disable-hot-restart", "--config-yaml", json.dumps(boot)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 10
-        while traffic.http_get(ns, "127.0.0.1", 15000, "/ready", timeout=1).body.strip() != "LIVE":
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise LabError(f"Envoy did not become ready (exit {proc.poll()}): {log.read_text()[-2000:]}")
-            time.sleep(0.05)
-        yield proc.pid  # ip netns exec and setpriv exec: the pid is Envoy's
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
-
-
 def anonymous_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
         if line.startswith("Anonymous:"):
@@ -189,8 +164,10 @@ def main(argv: list[str] | None = None) -> None:
         try:
             for _ in range(args.repeat):
                 for limit, label in LIMITS:
-                    with envoy(pod, bootstrap(buffer_limit=limit), Path(f"/tmp/proxy-buffers-{limit}.log")) as pid:
-                        row = stalled(pod, pid, args.stalled)
+                    with netlab.envoy(
+                        pod, bootstrap(buffer_limit=limit), Path(f"/tmp/proxy-buffers-{limit}.log")
+                    ) as proc:
+                        row = stalled(pod, proc.pid, args.stalled)
                         row["bulk"] = bulk(pod, 1000, args.mib)
                         results[label].append(row)
                 direct.append(bulk(pod, 1337, args.mib))  # uid 1337 is not captured: the same path without Envoy

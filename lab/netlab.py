@@ -13,9 +13,12 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+from lab.shell import LabError, envoy_binary
 
 # The istio-init arguments of Istio's sidecar template: what an injected pod's init container runs.
 SIDECAR_ARGS = (
@@ -216,3 +219,27 @@ def run_netinit(*args: str, env: dict[str, str] | None = None) -> subprocess.Com
         check=False,
         cwd=Path(__file__).resolve().parent.parent,
     )
+
+
+@contextmanager
+def envoy(
+    ns: str, boot: Mapping[str, Any], log: Path, *, wrap: Sequence[str] = (), timeout: float = 10.0
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Envoy with bootstrap ``boot`` in ``ns`` as the proxy's uid/gid 1337, ready (admin /ready answers 200
+    LIVE); killed after. ``wrap`` is a command that execs the rest (``prlimit --nofile=...``): with ``ip netns
+    exec`` and setpriv also exec'ing, the process is Envoy itself."""
+    cmd = ["ip", "netns", "exec", ns, *wrap, "setpriv", "--reuid=1337", "--regid=1337", "--clear-groups"]
+    cmd += [envoy_binary(), "--disable-hot-restart", "--config-yaml", json.dumps(boot)]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout
+        ready = ["curl", "-s", "-m", "2", "-w", "\n%{http_code}", "http://127.0.0.1:15000/ready"]
+        while sh(*ready, ns=ns, check=False).stdout.split() != ["LIVE", "200"]:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise LabError(f"Envoy did not become ready (exit {proc.poll()}):\n{log.read_text()[-3000:]}")
+            time.sleep(0.05)
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)

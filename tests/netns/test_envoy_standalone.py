@@ -11,16 +11,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
 
 from injector.core.envoy_bootstrap import bootstrap
 from lab import netlab
-from lab.shell import envoy_binary
 
 pytestmark = pytest.mark.requires_root
 
@@ -41,23 +38,9 @@ def stats(ns: str) -> dict[str, str]:
     return dict(line.split(": ", 1) for line in body.splitlines() if ": " in line)
 
 
-@contextmanager
-def envoy(ns: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """Envoy with the default bootstrap inside ``ns`` as uid/gid 1337, ready (admin /ready says LIVE); killed after."""
-    cmd = ["ip", "netns", "exec", ns, "setpriv", "--reuid=1337", "--regid=1337", "--clear-groups"]
-    cmd += [envoy_binary(), "--disable-hot-restart", "--config-yaml", json.dumps(bootstrap())]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 5
-        while curl(ns, f"{ADMIN}/ready") != (200, "LIVE"):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"Envoy did not become ready (exit {proc.poll()}):\n{log.read_text()[-3000:]}")
-            time.sleep(0.05)
-        yield proc
-    finally:
-        proc.kill()  # `ip netns exec` and setpriv exec: this pid is Envoy itself
-        proc.wait(timeout=5)
+def envoy(ns: str, log: Path, wrap: tuple[str, ...] = ()) -> AbstractContextManager[subprocess.Popen[bytes]]:
+    """Envoy with the default bootstrap inside ``ns`` as uid/gid 1337, ready within 5 s; killed after."""
+    return netlab.envoy(ns, bootstrap(), log, wrap=wrap, timeout=5)
 
 
 def test_envoy_answers_readiness_and_metrics_as_the_proxy_uid(netns: str, tmp_path: Path) -> None:
@@ -171,18 +154,7 @@ def test_more_than_envoys_default_1024_connections_pass_through_at_once(netns: s
 
 def test_envoy_raises_its_open_files_soft_limit_to_the_hard_limit(netns: str, tmp_path: Path) -> None:
     """docs/how-it-works.md relies on it: a runtime's soft limit of 1024 (containerd 2) does not cap the sidecar."""
-    cmd = ["ip", "netns", "exec", netns, "prlimit", "--nofile=1024:8192", "setpriv", "--reuid=1337", "--regid=1337"]
-    cmd += ["--clear-groups", envoy_binary(), "--disable-hot-restart", "--config-yaml", json.dumps(bootstrap())]
-    with (tmp_path / "envoy.log").open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 5
-        while curl(netns, f"{ADMIN}/ready") != (200, "LIVE"):
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "envoy.log").read_text()[-2000:]
-            time.sleep(0.05)
+    with envoy(netns, tmp_path / "envoy.log", wrap=("prlimit", "--nofile=1024:8192")) as proc:
         limits = Path(f"/proc/{proc.pid}/limits").read_text()
-    finally:
-        proc.kill()
-        proc.wait(timeout=5)
     line = next(x for x in limits.splitlines() if x.startswith("Max open files"))
     assert line.split()[3:5] == ["8192", "8192"], line
