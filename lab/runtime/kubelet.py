@@ -329,14 +329,15 @@ def check(
         image = c.spec.get("image")
         if not image:
             raise Unhonourable(f"container {c.spec['name']!r} ({c.index}.image): no image")
-        if not podman.image_exists(str(image)):
-            raise Unhonourable(
-                f"container {c.spec['name']!r} ({c.index}.image): image {image!r} is not in the local store and "
-                "no registry is reachable here (ErrImagePull); build it first (make images)"
-            )
-        env = podspec.container_env(c.spec, pod, "0.0.0.0", node, config_maps=config_maps, secrets=secrets_)
         if str(image) not in users:
-            users[str(image)] = podman.image_user(str(image))
+            user = podman.local_image_user(str(image))
+            if user is None:
+                raise Unhonourable(
+                    f"container {c.spec['name']!r} ({c.index}.image): image {image!r} is not in the local store "
+                    "and no registry is reachable here (ErrImagePull); build it first (make images)"
+                )
+            users[str(image)] = user
+        env = podspec.container_env(c.spec, pod, "0.0.0.0", node, config_maps=config_maps, secrets=secrets_)
         translate.run_flags(c.spec, pod, index=c.index, image_user=users[str(image)], env=env, mounts=(), expand=str)
         for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
             probe = c.spec.get(kind)

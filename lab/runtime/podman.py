@@ -147,7 +147,16 @@ def image_size(image: str) -> int:
 
 def image_user(image: str) -> str:
     """The image's USER (``uid:gid`` as written in the Dockerfile; empty means root)."""
-    return cli("image", "inspect", "-f", "{{.Config.User}}", image).stdout.strip()
+    user = local_image_user(image)
+    if user is None:
+        raise EngineError(f"image {image!r} is not in the local store")
+    return user
+
+
+def local_image_user(image: str) -> str | None:
+    """The image's USER, or None when the image is not in the local store: one inspect for both questions."""
+    proc = cli("image", "inspect", "-f", "{{.Config.User}}", image, check=False)
+    return proc.stdout.strip() if proc.returncode == 0 else None
 
 
 @dataclass(frozen=True)
