@@ -11,7 +11,7 @@ import grp
 import pwd
 
 from netinit.apply import netns
-from netinit.core.config import HostFacts
+from netinit.core.config import HostFacts, envoy_user
 from netinit.core.flags import RawOptions
 from netinit.errors import ConfigError
 
@@ -21,19 +21,19 @@ if TYPE_CHECKING:
 
 
 def user_group_ids(values: Mapping[str, str]) -> tuple[dict[str, int], dict[str, int]]:
-    """The uids and gids of the user/group *names* given in the flags (``-u``, ``-g``, the owner-group env vars);
-    numeric ids and unknown names are left to the validator. Only those names are looked up: no full passwd
-    scan at start-up."""
+    """The uids and gids of the user/group *names* given in the flags (``-u``, ``-g``, the owner-group env vars;
+    without ``-u``, ``ENVOY_USER``'s); numeric ids and unknown names are left to the validator. Only those names
+    are looked up: no full passwd scan at start-up."""
     users: dict[str, int] = {}
     groups: dict[str, int] = {}
-    for key in ("proxy_uid",):
-        for n in values.get(key, "").split(","):
-            n = n.strip()
-            if n and not (n.isascii() and n.isdigit()):
-                try:
-                    users[n] = pwd.getpwnam(n).pw_uid
-                except KeyError:
-                    pass
+    names = values.get("proxy_uid", "").split(",") if values.get("proxy_uid") else [envoy_user(values)]
+    for n in names:
+        n = n.strip()
+        if n and not (n.isascii() and n.isdigit()):
+            try:
+                users[n] = pwd.getpwnam(n).pw_uid
+            except KeyError:
+                pass
     for key in ("proxy_gid", "ISTIO_OUTBOUND_OWNER_GROUPS", "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE"):
         for n in values.get(key, "").split(","):
             n = n.strip()

@@ -29,6 +29,15 @@ DEFAULT_PROXY_PORT = 15001
 DEFAULT_INBOUND_CAPTURE_PORT = 15006
 DEFAULT_INBOUND_TUNNEL_PORT = 15008
 DEFAULT_PROXY_UID = "1337"
+# Without -u/PROXY_UID, the proxy is the user ENVOY_USER names (default istio-proxy), else 1337: istio-iptables'
+# FillConfigFromEnvironment. The injected istio-init always passes -u; this is for runs by hand, e.g. on a VM
+# whose Envoy runs as an istio-proxy account.
+ENVOY_USER_ENV = "ENVOY_USER"
+DEFAULT_ENVOY_USER = "istio-proxy"
+# Included owner groups share one rule, five words each (-m owner ! --gid-owner GID), and iptables-restore
+# parses at most 255 words a line: 50 groups fail it ("Parser cannot handle more arguments") half-way through
+# an apply. Istio's limit is 64 (tools/common/config ValidateOwnerGroups), which lets 50-64 fail that way.
+MAX_OWNER_GROUPS_INCLUDE = 49
 DNS_LISTENER_PORT = 15053
 DEFAULT_PROBE_PORT = 15002
 DEFAULT_PROBE_TIMEOUT = 5.0  # seconds (Istio's 5s)
@@ -98,6 +107,11 @@ class RunOptions(NamedTuple):
     probe_timeout: float = DEFAULT_PROBE_TIMEOUT
 
 
+def envoy_user(v: Mapping[str, str]) -> str:
+    """The account name the proxy runs as when no -u/PROXY_UID is given."""
+    return v.get(ENVOY_USER_ENV, DEFAULT_ENVOY_USER)
+
+
 def resolve(
     raw: RawOptions,
     facts: HostFacts,
@@ -110,7 +124,8 @@ def resolve(
         "-z/--inbound-capture-port", v.get("inbound_capture_port") or str(DEFAULT_INBOUND_CAPTURE_PORT)
     )
     tunnel = values.port("-e/--inbound-tunnel-port", v.get("inbound_tunnel_port") or str(DEFAULT_INBOUND_TUNNEL_PORT))
-    uids = values.ids("-u/--proxy-uid", v.get("proxy_uid") or DEFAULT_PROXY_UID, facts.user_ids, "uid")
+    proxy_uid = v.get("proxy_uid") or str(facts.user_ids.get(envoy_user(v), DEFAULT_PROXY_UID))
+    uids = values.ids("-u/--proxy-uid", proxy_uid, facts.user_ids, "uid")
     gids = values.ids("-g/--proxy-gid", v["proxy_gid"], facts.group_ids, "gid") if v.get("proxy_gid") else uids
 
     mode_raw = (v.get("interception_mode") or "REDIRECT").strip()
@@ -159,6 +174,14 @@ def resolve(
     og_exc = (
         values.ids("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE", og_exc_raw, facts.group_ids, "group") if og_exc_raw else ()
     )
+    if og_inc != WILDCARD and len(og_inc) > MAX_OWNER_GROUPS_INCLUDE:
+        raise invalid(
+            "ISTIO_OUTBOUND_OWNER_GROUPS",
+            og_inc_raw,
+            f"{len(og_inc)} groups, at most {MAX_OWNER_GROUPS_INCLUDE}: they share one iptables rule, which "
+            "iptables-restore cannot parse with more (list the groups to leave out in "
+            "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE instead)",
+        )
 
     lo_raw = v.get("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR", "").strip()
     lo_net = values.loopback_cidr("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR", lo_raw) if lo_raw else DEFAULT_IPV4_LOOPBACK_CIDR

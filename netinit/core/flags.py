@@ -1,8 +1,8 @@
 """The command line: istio-iptables' flags, long names, env vars and defaults -> ``RawOptions``. Pure.
 
 A flag wins over its env var; some settings are env-only (``ISTIO_OUTBOUND_OWNER_GROUPS``,
-``ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE``, ``ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR``). The values stay unvalidated
-strings here; ``netinit.core.config.resolve`` validates them.
+``ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE``, ``ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR``, ``ENVOY_USER``). The values stay
+unvalidated strings here; ``netinit.core.config.resolve`` validates them.
 """
 
 from __future__ import annotations
@@ -208,6 +208,7 @@ CAPTURE_ENV = frozenset(
     + ["REDIRECT_DNS", "CAPTURE_ALL_DNS", "DROP_INVALID", "DUAL_STACK"]
     + ["ISTIO_META_DNS_CAPTURE", "INVALID_DROP", "ISTIO_DUAL_STACK"]
     + ["ISTIO_OUTBOUND_OWNER_GROUPS", "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE", "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR"]
+    + ["ENVOY_USER"]
 )
 
 
@@ -232,7 +233,8 @@ _DESCRIPTION = "Program the pod's traffic capture (istio-iptables compatible)."
 _EPILOG = (
     "Every flag also reads its istio-iptables env var; a flag wins over its env var. "
     "Env-only: ISTIO_OUTBOUND_OWNER_GROUPS, ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE, "
-    "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR. Exit codes: 0 done, 2 bad input, 1 apply failed "
+    "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR, ENVOY_USER (the proxy's account without -u: istio-proxy, else 1337). "
+    "Exit codes: 0 done, 2 bad input, 1 apply failed "
     "(rolled back), 126 validation failed. Debugging: netinit explain|show|verify --help."
 )
 
@@ -392,6 +394,7 @@ def parse_options(argv: Sequence[str], env: Mapping[str, str]) -> RawOptions:
         "ISTIO_OUTBOUND_OWNER_GROUPS",
         "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE",
         "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR",
+        "ENVOY_USER",
     ):
         if name in env:
             values[name] = env[name]

@@ -150,6 +150,34 @@ def test_bad_flags_exit_2_and_touch_nothing(netns: str, flavor: str, bad: list[s
     assert save(netns, flavor) == before
 
 
+def test_the_most_owner_groups_a_rule_can_hold_apply_and_one_more_is_refused_first(netns: str, flavor: str) -> None:
+    """Included owner groups share one rule; iptables-restore parses at most 255 words a line. The limit netinit
+    refuses beyond (49; Istio's is 64) must be one this backend really applies, and 50 must be refused before
+    any rule is touched - not fail half-way through the restore, as it did before the limit."""
+    from netinit.core.config import MAX_OWNER_GROUPS_INCLUDE
+
+    groups = [str(2000 + i) for i in range(MAX_OWNER_GROUPS_INCLUDE + 1)]
+    before = save(netns, flavor)
+    refused = netlab.run_netinit(
+        "--network-namespace",
+        netns,
+        "--force-iptables-binary",
+        flavor,
+        *ISTIO_DEFAULT,
+        env={"ISTIO_OUTBOUND_OWNER_GROUPS": ",".join(groups)},
+    )
+    assert refused.returncode == 2, refused.stderr
+    assert f"{len(groups)} groups, at most {MAX_OWNER_GROUPS_INCLUDE}" in refused.stderr
+    assert save(netns, flavor) == before
+    env = {"ISTIO_OUTBOUND_OWNER_GROUPS": ",".join(groups[:-1])}
+    applied = netlab.run_netinit(
+        "--network-namespace", netns, "--force-iptables-binary", flavor, *ISTIO_DEFAULT, env=env
+    )
+    assert applied.returncode == 0, applied.stderr
+    rule = next(line for line in save(netns, flavor).splitlines() if "! --gid-owner 2000 " in line)
+    assert rule.count("--gid-owner") == MAX_OWNER_GROUPS_INCLUDE and rule.endswith("-j RETURN"), rule
+
+
 class FailingV6Runner(SubprocessRunner):
     """The real runner, except the IPv6 apply step fails (as a broken ip6tables-restore would)."""
 

@@ -72,6 +72,7 @@ def test_long_names_and_bool_env_fallbacks() -> None:
         ([], {"ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR": "10.0.0.0/8"}, "within 127.0.0.0/8"),
         ([], {"ISTIO_OUTBOUND_OWNER_GROUPS": "1,2", "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE": "3"}, "only applies"),
         ([], {"ISTIO_OUTBOUND_OWNER_GROUPS": "nosuchgroup"}, "'nosuchgroup'"),
+        ([], {"ISTIO_OUTBOUND_OWNER_GROUPS": ",".join(map(str, range(1000, 1050)))}, "50 groups, at most 49"),
         (["--bogus-flag"], {}, "unknown flag: --bogus-flag"),
     ],
 )
@@ -124,3 +125,35 @@ def test_probe_destination_respects_exclusions() -> None:
     assert probe_destination(config_from_flags(["-i", "10.1.0.0/16"])) == ("10.1.0.1", 80)
     assert probe_destination(config_from_flags(["-i", "*", "-o", "1-65535"])) is None
     assert probe_destination(config_from_flags([])) is None
+
+
+def test_owner_groups_up_to_the_limit_share_one_rule_and_excluded_ones_have_none() -> None:
+    many = ",".join(map(str, range(1000, 1049)))
+    assert len(config_from_flags([], {"ISTIO_OUTBOUND_OWNER_GROUPS": many}).owner_groups_include) == 49
+    excluded = ",".join(map(str, range(1000, 1200)))  # a rule each: no limit (nor in Istio)
+    assert len(config_from_flags([], {"ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE": excluded}).owner_groups_exclude) == 200
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "users", "uid"),
+    [
+        ([], {}, {"istio-proxy": 998}, "998"),  # Istio: ENVOY_USER defaults to istio-proxy
+        ([], {"ENVOY_USER": "envoy"}, {"envoy": 101, "istio-proxy": 998}, "101"),
+        ([], {}, {}, "1337"),  # no such account: 1337
+        ([], {"ENVOY_USER": "envoy"}, {"istio-proxy": 998}, "1337"),
+        (["-u", "1500"], {"ENVOY_USER": "envoy"}, {"envoy": 101}, "1500"),  # -u wins
+        ([], {"PROXY_UID": "1600"}, {"istio-proxy": 998}, "1600"),
+    ],
+)
+def test_without_a_proxy_uid_the_proxy_is_envoy_users_account_else_1337(
+    argv: list[str], env: dict[str, str], users: dict[str, int], uid: str
+) -> None:
+    cfg = config_from_flags(argv, env, HostFacts(user_ids=users))
+    assert cfg.proxy_uids == (uid,) and cfg.proxy_gids == (uid,)  # the gid follows the uid, as in Istio
+
+
+def test_facts_look_up_envoy_users_account_only_without_a_proxy_uid() -> None:
+    from netinit.apply.facts import user_group_ids
+
+    assert user_group_ids({"ENVOY_USER": "root"}) == ({"root": 0}, {})
+    assert user_group_ids({"ENVOY_USER": "root", "proxy_uid": "1337"}) == ({}, {})
