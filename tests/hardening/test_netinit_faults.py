@@ -88,40 +88,66 @@ CIDRS = st.lists(
 ).map(",".join)
 
 
+IFACES = st.lists(st.sampled_from(["eth1", "net1", "veth7", "kv0"]), min_size=1, max_size=2, unique=True).map(",".join)
+GROUPS = st.integers(1, 70).map(lambda n: ",".join(str(3000 + i) for i in range(n)))  # the limit is 49
+
+
 @st.composite
-def flag_sets(draw: st.DrawFn) -> list[str]:
-    args = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", draw(st.sampled_from(["REDIRECT", "TPROXY"]))]
+def flag_sets(draw: st.DrawFn) -> tuple[list[str], dict[str, str]]:
+    """Flags and the env-only variables, as a user might combine them: most apply, some are refused (more
+    owner groups than one rule can hold)."""
+    uids = draw(st.sampled_from(["1337", "1337,1338"]))
+    args = ["-p", "15001", "-z", "15006", "-u", uids, "-m", draw(st.sampled_from(["REDIRECT", "TPROXY"]))]
     args += ["-i", draw(st.just("*") | CIDRS), "-b", draw(st.just("*") | PORTS)]
-    for flag, values in (("-x", CIDRS), ("-d", PORTS), ("-q", PORTS), ("-o", PORTS)):
+    for flag, values in (("-x", CIDRS), ("-d", PORTS), ("-q", PORTS), ("-o", PORTS), ("-c", IFACES), ("-k", IFACES)):
         if draw(st.booleans()):
             args += [flag, draw(values)]
     for flag in ("--redirect-dns", "--drop-invalid", "--capture-all-dns"):
         if draw(st.booleans()):
             args.append(flag)
-    return args
+    env: dict[str, str] = {}
+    groups = draw(st.sampled_from(["none", "include", "exclude"]))
+    if groups == "include":
+        env["ISTIO_OUTBOUND_OWNER_GROUPS"] = draw(GROUPS)
+    elif groups == "exclude":
+        env["ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE"] = draw(GROUPS)
+    if draw(st.booleans()):
+        env["ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR"] = draw(
+            st.sampled_from(["127.0.0.1/32", "127.0.0.0/8", "127.1.2.0/24"])
+        )
+    return args, env
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(flag_sets())
-def test_plan_apply_save_is_a_fixed_point_and_cleanup_restores(flavor: str, args: list[str]) -> None:
+def test_plan_apply_save_is_a_fixed_point_and_cleanup_restores(
+    flavor: str, case: tuple[list[str], dict[str, str]]
+) -> None:
+    """Every combination either applies exactly as planned (then re-applies as a no-op and cleans up to what
+    was there) or is refused with exit 2 and the namespace untouched: never a failure half-way (exit 1)."""
+    args, env = case
     with netlab.namespace("hx") as ns:
         netlab.sh(f"iptables-{flavor}-restore", "--noflush", ns=ns, input=FOREIGN)
         before = netlab.normalize_save(netlab.iptables_save(ns, flavor))
-        res = netinit(ns, flavor, *args)
+        res = netinit(ns, flavor, *args, env=env)
+        if res.returncode == 2:
+            assert "invalid value" in res.stderr, res.stderr
+            assert netlab.normalize_save(netlab.iptables_save(ns, flavor)) == before
+            return
         assert res.returncode == 0, res.stderr
         live = parse_save(netlab.normalize_save(netlab.iptables_save(ns, flavor)))
         # What netinit saw in that namespace: no global address, the host's resolv.conf (no /etc/netns/NS).
         facts = HostFacts(has_global_ipv4=False, dns_servers=netns.nameservers(netns.resolv_conf_for(ns)))
-        for table, st_ in desired_state(plan(config_from_flags(args, facts=facts)).v4).items():
+        for table, st_ in desired_state(plan(config_from_flags(args, env, facts=facts)).v4).items():
             for chain, specs in st_.chains.items():
                 have = live[table].chains.get(chain, [])
                 if chain.startswith("ISTIO_"):
                     assert have == specs, (table, chain)
                 else:
                     assert [s for s in have if s in specs] == specs, (table, chain)
-        again = netinit(ns, flavor, *args)
+        again = netinit(ns, flavor, *args, env=env)
         assert again.returncode == 0 and "already in place" in again.stderr
-        gone = netinit(ns, flavor, *args, "--cleanup-only")
+        gone = netinit(ns, flavor, *args, "--cleanup-only", env=env)
         assert gone.returncode == 0, gone.stderr
         # Exactly as before, except that a table netinit touched may now exist with empty built-in chains.
         assert non_empty(netlab.iptables_save(ns, flavor)) == non_empty(before)
