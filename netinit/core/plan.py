@@ -13,7 +13,7 @@ studied from its source; the expectations in tests/unit/test_plan.py are our own
 from __future__ import annotations
 
 from netinit.core.config import DNS_LISTENER_PORT, CaptureConfig
-from netinit.core.values import WILDCARD
+from netinit.core.values import WILDCARD, address_text
 from netinit.typing_lite import NamedTuple
 
 TYPE_CHECKING = False
@@ -387,10 +387,8 @@ def _dns(b: _Builder, cfg: CaptureConfig) -> None:
 
 
 def _v6(s: str) -> str:
-    """An IPv6 address as iptables-save prints it: libc's inet_ntop (``::127.0.0.53``, not ``::7f00:35``)."""
-    import _socket  # IPv6 only; the C module (socket.py costs ~2.5 ms of start-up)
-
-    return _socket.inet_ntop(_socket.AF_INET6, _socket.inet_pton(_socket.AF_INET6, s))
+    """An IPv6 address as iptables-save prints it (libc's inet_ntop: ``::127.0.0.53``, not ``::7f00:35``)."""
+    return address_text(s)[1]
 
 
 def _tproxy_tail(b: _Builder, cfg: CaptureConfig, lo: dict[int, str], mark: str) -> None:

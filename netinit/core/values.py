@@ -33,6 +33,29 @@ def go_bool(value: str) -> bool | None:
     return True if v in GO_TRUE else False if v in GO_FALSE else None
 
 
+def address_text(value: str) -> tuple[int, str, int | None]:
+    """(family, address, prefix or None) of an address or CIDR as the kernel's tools print it: host bits
+    cleared, IPv6 as libc's inet_ntop writes it (``::127.0.0.53``, where ipaddress says ``::7f00:35``).
+    ValueError when it is neither. The one normaliser of address text for the rules (iptables-save's and nft's
+    forms); _socket, not ipaddress: a plan can hold thousands of CIDRs."""
+    import _socket  # the C module: socket.py costs ~3 ms of start-up
+
+    addr, slash, plen = value.partition("/")
+    fam = 6 if ":" in addr else 4
+    af, bits = (_socket.AF_INET6, 128) if fam == 6 else (_socket.AF_INET, 32)
+    try:
+        packed = _socket.inet_pton(af, addr)
+    except OSError:
+        raise ValueError(f"{value!r} is not an address or CIDR") from None
+    if not slash:
+        return fam, _socket.inet_ntop(af, packed), None
+    if not (_digits(plen) and int(plen) <= bits):
+        raise ValueError(f"{value!r} is not an address or CIDR")
+    prefix = int(plen)
+    net = int.from_bytes(packed, "big") & (((1 << prefix) - 1) << (bits - prefix))
+    return fam, _socket.inet_ntop(af, net.to_bytes(bits // 8, "big")), prefix
+
+
 WILDCARD = "*"
 
 MAX_ID = 2**32 - 2  # the largest uid/gid (2**32 - 1 is "no id")

@@ -13,9 +13,8 @@ equivalent is refused (``Untranslatable``, exit 2) rather than approximated.
 
 from __future__ import annotations
 
-import _socket  # the C module: socket.py (enums, selectors) costs ~3 ms of start-up
-
 from netinit.core.plan import OWN_CHAINS, Family, Match, Rule, RuleSet, chains_in_order
+from netinit.core.values import address_text
 from netinit.errors import ConfigError
 
 TYPE_CHECKING = False
@@ -70,22 +69,12 @@ def _neg(value: str) -> tuple[str, str]:
 
 
 def _address(value: str, why: _Why) -> tuple[Family, str]:
-    """An address or CIDR as nft prints it: host bits cleared, no ``/32``/``/128``, IPv6 as libc's inet_ntop
-    writes it (``::127.0.0.53``, where Python's ipaddress would say ``::7f00:35``). _socket, not ipaddress: this
-    runs once per rule, and a plan can hold thousands of excluded CIDRs."""
-    addr, slash, plen = value.partition("/")
-    fam: Family = 6 if ":" in addr else 4
-    af, bits = (_socket.AF_INET6, 128) if fam == 6 else (_socket.AF_INET, 32)
+    """An address or CIDR as nft prints it: host bits cleared, no ``/32``/``/128`` (values.address_text)."""
     try:
-        packed = _socket.inet_pton(af, addr)
-        prefix = int(plen) if slash else bits
-    except (OSError, ValueError):
+        fam, text, prefix = address_text(value)
+    except ValueError:
         raise Untranslatable(f"{why}: {value!r} is not an address or CIDR") from None
-    if not 0 <= prefix <= bits:
-        raise Untranslatable(f"{why}: {value!r} is not an address or CIDR")
-    net = int.from_bytes(packed, "big") & (((1 << prefix) - 1) << (bits - prefix))
-    text = _socket.inet_ntop(af, net.to_bytes(bits // 8, "big"))
-    return fam, text if prefix == bits else f"{text}/{prefix}"
+    return (6 if fam == 6 else 4), text if prefix in (None, 128 if fam == 6 else 32) else f"{text}/{prefix}"
 
 
 def _ports(spec: str, why: _Why) -> list[tuple[int, int]]:

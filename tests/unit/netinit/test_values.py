@@ -42,3 +42,26 @@ def test_a_bad_value_names_the_setting_and_the_value(call: Callable[[], object],
     assert isinstance(e.value, ConfigError) and e.value.exit_code == 2
     assert (e.value.value, e.value.flag) == (value, str(e.value).split(" for ")[1].split(":")[0])
     assert why in e.value.why and str(e.value).startswith(f"netinit: invalid value for {e.value.flag}: {value!r} (")
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        ("10.1.2.3", (4, "10.1.2.3", None)),
+        ("10.1.2.3/8", (4, "10.0.0.0", 8)),
+        ("10.1.2.3/32", (4, "10.1.2.3", 32)),
+        ("0.0.0.0/0", (4, "0.0.0.0", 0)),
+        ("::127.0.0.53", (6, "::127.0.0.53", None)),  # libc's form; ipaddress would say ::7f00:35
+        ("::7f00:35/128", (6, "::127.0.0.53", 128)),
+        ("2001:DB8:0:0:1::1/64", (6, "2001:db8::", 64)),
+        ("fd00::1/7", (6, "fc00::", 7)),
+    ],
+)
+def test_address_text_is_the_form_iptables_save_and_nft_print(text: str, want: tuple[int, str, int | None]) -> None:
+    assert values.address_text(text) == want
+
+
+@pytest.mark.parametrize("text", ["10.0.0.256", "10.0.0.0/33", "::/129", "10.0.0.0/-1", "10.0.0.0/+8", "eth0", ""])
+def test_address_text_refuses_what_is_not_an_address(text: str) -> None:
+    with pytest.raises(ValueError, match="not an address or CIDR"):
+        values.address_text(text)
