@@ -26,14 +26,28 @@ class ProxyConfigError(Exception):
     """The proxy cannot be read (unreachable, not a proxy, not an Envoy); exit 1 with this message."""
 
 
-def get_json(admin: str, path: str, timeout: float = 10.0) -> Any:
+def _fetch(admin: str, path: str, timeout: float, method: str = "GET") -> bytes:
     url = admin.rstrip("/") + path
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            body = resp.read()
+        with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=timeout) as resp:
+            body: bytes = resp.read()
+            return body
+    except urllib.error.HTTPError as e:
+        first = e.read().decode(errors="replace").strip().splitlines()[:1] or [str(e.code)]
+        raise ProxyConfigError(f"{method} {url}: {e.code} {first[0]}") from None
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", e)
         raise ProxyConfigError(f"cannot reach the Envoy admin API at {admin}: {reason}") from None
+
+
+def post_text(admin: str, path: str, timeout: float = 10.0) -> str:
+    """A POST to the admin API (Envoy takes changes, such as /logging, only by POST); its text."""
+    return _fetch(admin, path, timeout, "POST").decode(errors="replace")
+
+
+def get_json(admin: str, path: str, timeout: float = 10.0) -> Any:
+    url = admin.rstrip("/") + path
+    body = _fetch(admin, path, timeout)
     try:
         return json.loads(body)
     except ValueError:

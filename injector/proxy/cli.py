@@ -1,6 +1,8 @@
-"""``sidecar-injector proxy-config {listeners,routes,clusters,endpoints,bootstrap,all} TARGET``, like
+"""``sidecar-injector proxy-config {listeners,routes,clusters,endpoints,bootstrap,all,log} TARGET``, like
 ``istioctl proxy-config``: TARGET is ``POD[.NAMESPACE]`` (reached with ``kubectl port-forward``) or
-``--admin URL`` (an admin API you can already reach). Exit 0 shown, 1 the proxy could not be read, 2 bad usage."""
+``--admin URL`` (an admin API you can already reach). ``log`` lists the proxy's loggers and sets their levels
+(``--level``, ``--reset``). Exit 0 shown, 1 the proxy could not be read, 2 bad usage (a bad ``--level`` included:
+nothing was changed)."""
 
 from __future__ import annotations
 
@@ -12,9 +14,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from injector.proxy import admin as admin_api
-from injector.proxy import tables
+from injector.proxy import levels, tables
 
-KINDS = ("listeners", "routes", "clusters", "endpoints", "bootstrap", "all")
+KINDS = ("listeners", "routes", "clusters", "endpoints", "bootstrap", "all", "log")
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -36,6 +38,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--address", help="listeners on this address")
     p.add_argument("--name", help="routes: this route configuration; endpoints: clusters whose name contains it")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the admin API (default 10)")
+    p.add_argument(
+        "--level",
+        help="log: [LOGGER:]LEVEL,... - LEVEL alone for every logger; levels trace, debug, info, warning, error, "
+        "critical, off",
+    )
+    p.add_argument("-r", "--reset", action="store_true", help="log: back to the levels the proxy was started with")
 
 
 @contextlib.contextmanager
@@ -78,10 +86,55 @@ def _selected(args: argparse.Namespace, dump: Any, clusters: Any) -> tuple[list[
     return out, raw
 
 
+def _log(args: argparse.Namespace, url: str) -> str:
+    """List the loggers, or change levels and list them after: every logger first, then the named ones (as
+    istioctl does). ``--reset``: the proxy's own command line (``--log-level``, ``--component-log-level``), from
+    /server_info - the level that pod was injected with, whatever the mesh's default."""
+    current = levels.parse_loggers(admin_api.post_text(url, "/logging", args.timeout))
+    if args.reset:
+        options = admin_api.get_json(url, "/server_info", args.timeout).get("command_line_options") or {}
+        spec = ",".join(
+            x for x in (str(options.get("log_level") or "warning"), options.get("component_log_level")) if x
+        )
+    elif args.level:
+        spec = args.level
+    else:
+        return admin_api.post_text(url, "/logging", args.timeout)
+    every, per = levels.parse_spec(spec, set(current))
+    answer = ""
+    if every is not None:
+        answer = admin_api.post_text(url, f"/logging?level={every}", args.timeout)
+    if per:
+        paths = ",".join(f"{name}:{lvl}" for name, lvl in per.items())
+        answer = admin_api.post_text(url, f"/logging?paths={paths}", args.timeout)
+    levels.parse_loggers(answer)  # Envoy's list after the change, or ValueError
+    return answer
+
+
 def run(args: argparse.Namespace) -> int:
     if bool(args.admin) == bool(args.target):
         print("sidecar-injector proxy-config: give a POD[.NAMESPACE] or --admin URL (one of them)", file=sys.stderr)
         return 2
+    if (args.level or args.reset) and args.kind != "log":
+        print("sidecar-injector proxy-config: --level and --reset are for proxy-config log", file=sys.stderr)
+        return 2
+    if args.kind == "log" and ((args.level and args.reset) or args.output != "short"):
+        print("sidecar-injector proxy-config log: --level cannot be combined with --reset, nor -o", file=sys.stderr)
+        return 2
+    if args.kind == "log":
+        try:
+            with _admin_url(args) as url:
+                sys.stdout.write(_log(args, url))
+        except levels.LevelError as e:
+            print(f"sidecar-injector proxy-config log: {e}; nothing was changed", file=sys.stderr)
+            return 2
+        except admin_api.ProxyConfigError as e:
+            print(f"sidecar-injector proxy-config: {e}", file=sys.stderr)
+            return 1
+        except ValueError as e:
+            print(f"sidecar-injector proxy-config: {url}/logging: {e}", file=sys.stderr)
+            return 1
+        return 0
     try:
         with _admin_url(args) as url:
             dump = admin_api.get_json(url, "/config_dump", args.timeout)

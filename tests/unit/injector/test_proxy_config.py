@@ -219,3 +219,84 @@ def test_istio_dynamic_config_reads_into_istioctl_columns() -> None:
     assert [r[4] for r in tables.cluster_table(dump).rows] == ["outbound", "inbound"]
     assert tables.listener_table(dump).rows == [("0.0.0.0_9080", "0.0.0.0", "9080", "ALL", "Route: 9080")]
     assert tables.route_table(dump).rows[0][3] == "/*"
+
+
+# --- proxy-config log -------------------------------------------------------------------------------------------
+
+
+def loggers(admin: str) -> dict[str, str]:
+    """The proxy's levels now, read straight from its admin API (not through the command under test)."""
+    from injector.proxy import levels
+
+    req = urllib.request.Request(admin + "/logging", method="POST")
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return levels.parse_loggers(resp.read().decode())
+
+
+def test_log_lists_every_logger_of_the_proxy_with_its_level(
+    envoy: tuple[str, dict[str, int]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, out, _ = pc(capsys, "log", "--admin", envoy[0])
+    assert rc == 0 and out.startswith("active loggers:")
+    shown = dict(line.strip().split(": ") for line in out.splitlines()[1:] if line.strip())
+    assert shown == loggers(envoy[0]) and len(shown) > 50
+    assert {shown["admin"], shown["upstream"], shown["router"]} == {"error"}  # started with -l error
+
+
+def test_log_sets_every_logger_then_named_ones_and_resets_to_the_proxys_own_levels(
+    envoy: tuple[str, dict[str, int]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    admin = envoy[0]
+    try:
+        rc, out, _ = pc(capsys, "log", "--admin", admin, "--level", "debug")
+        assert rc == 0 and set(loggers(admin).values()) == {"debug"} and "  admin: debug" in out
+        rc, out, _ = pc(capsys, "log", "--admin", admin, "--level", "upstream:trace,router=info,warn")
+        now = loggers(admin)
+        assert rc == 0 and (now["upstream"], now["router"], now["admin"]) == ("trace", "info", "warning"), out
+        assert set(now.values()) == {"trace", "info", "warning"}
+    finally:
+        rc, out, _ = pc(capsys, "log", "--admin", admin, "-r")
+    assert rc == 0 and set(loggers(admin).values()) == {"error"}, out  # what the fixture's Envoy was started with
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--level", "loud"], "unrecognized logging level: loud"),
+        (["--level", "upstream:debug,nosuch:debug"], "unrecognized logger name: nosuch"),
+        (["--level", "upstream"], "unrecognized logging level: upstream"),
+        (["--level", "debug", "--reset"], "cannot be combined"),
+        (["-o", "json"], "nor -o"),
+    ],
+)
+def test_a_bad_log_level_is_exit_2_and_changes_nothing(
+    envoy: tuple[str, dict[str, int]], capsys: pytest.CaptureFixture[str], args: list[str], says: str
+) -> None:
+    before = loggers(envoy[0])
+    rc, _, err = pc(capsys, "log", "--admin", envoy[0], *args)
+    assert rc == 2 and says in err, err
+    assert loggers(envoy[0]) == before
+
+
+def test_level_and_reset_belong_to_log(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = pc(capsys, "clusters", "--admin", "http://127.0.0.1:1", "--level", "debug")
+    assert rc == 2 and "are for proxy-config log" in err
+
+
+def test_log_against_something_that_is_not_envoy_is_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"<html>hi</html>")
+
+        def log_message(self, *_a: Any) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        rc, _, err = pc(capsys, "log", "--admin", f"http://127.0.0.1:{srv.server_address[1]}", "--level", "debug")
+    finally:
+        srv.shutdown()
+    assert rc == 1 and "not Envoy's /logging answer" in err
