@@ -300,3 +300,18 @@ def test_log_against_something_that_is_not_envoy_is_exit_1(capsys: pytest.Captur
     finally:
         srv.shutdown()
     assert rc == 1 and "not Envoy's /logging answer" in err
+
+
+def test_the_level_spec_is_istioctls() -> None:
+    from injector.proxy import levels
+
+    known = {"http", "router", "upstream"}
+    assert levels.parse_spec("debug", known) == ("debug", {})
+    assert levels.parse_spec("level:info,http=trace", known) == ("info", {"http": "trace"})
+    assert levels.parse_spec("envoy::router:WARN, upstream:off", known) == (
+        None,
+        {"router": "warning", "upstream": "off"},
+    )
+    for bad, says in [("", "names no level"), ("envoy::http", "expected LOGGER:LEVEL"), ("http:loud", "loud")]:
+        with pytest.raises(levels.LevelError, match=says):
+            levels.parse_spec(bad, known)
