@@ -196,6 +196,16 @@ def not_after(cert_pem: bytes) -> datetime:
     return load_cert(cert_pem).not_valid_after_utc
 
 
+def not_before(cert_pem: bytes) -> datetime:
+    """When the certificate starts being valid (timezone-aware UTC)."""
+    return load_cert(cert_pem).not_valid_before_utc
+
+
+def serial_hex(cert_pem: bytes) -> str:
+    """The serial number as istioctl prints it (32 hex digits, zero-padded)."""
+    return f"{load_cert(cert_pem).serial_number:032x}"
+
+
 def needs_renewal(cert_pem: bytes, now: datetime, before: timedelta = timedelta(days=30)) -> bool:
     """True once ``now`` is within ``before`` of expiry (or past it): renew early so no request sees an expired cert."""
     return _now(now) + before >= not_after(cert_pem)

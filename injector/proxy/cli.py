@@ -1,5 +1,5 @@
-"""``sidecar-injector proxy-config {listeners,routes,clusters,endpoints,bootstrap,all,log} TARGET``, like
-``istioctl proxy-config``: TARGET is ``POD[.NAMESPACE]`` (reached with ``kubectl port-forward``) or
+"""``sidecar-injector proxy-config {listeners,routes,clusters,endpoints,secret,bootstrap,all,log} TARGET``,
+like ``istioctl proxy-config``: TARGET is ``POD[.NAMESPACE]`` (reached with ``kubectl port-forward``) or
 ``--admin URL`` (an admin API you can already reach). ``log`` lists the proxy's loggers and sets their levels
 (``--level``, ``--reset``). Exit 0 shown, 1 the proxy could not be read, 2 bad usage (a bad ``--level`` included:
 nothing was changed)."""
@@ -16,7 +16,7 @@ from typing import Any
 from injector.proxy import admin as admin_api
 from injector.proxy import levels, tables
 
-KINDS = ("listeners", "routes", "clusters", "endpoints", "bootstrap", "all", "log")
+KINDS = ("listeners", "routes", "clusters", "endpoints", "secret", "bootstrap", "all", "log")
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -77,6 +77,11 @@ def _selected(args: argparse.Namespace, dump: Any, clusters: Any) -> tuple[list[
     if k in ("endpoints", "all"):
         out.append(tables.endpoint_table(clusters, cluster=args.name, port=args.port))
         raw["endpoints"] = clusters.get("cluster_statuses") or []
+    if k in ("secret", "all"):
+        from datetime import UTC, datetime
+
+        out.append(tables.secret_table(dump, datetime.now(UTC)))
+        raw["secret"] = tables.section(dump, "Secrets")
     if k == "bootstrap":
         raw["bootstrap"] = tables.section(dump, "Bootstrap").get("bootstrap") or {}
     if k == "all":

@@ -7,7 +7,9 @@ are split into their columns; other names (``PassthroughCluster``) show ``-`` th
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime
 from typing import Any, NamedTuple
 
 Obj = Mapping[str, Any]
@@ -197,3 +199,57 @@ def endpoint_table(clusters: Obj, *, cluster: str | None = None, port: int | Non
             outlier = "FAILED" if health.get("failed_outlier_check") else "OK"
             rows.append((f"{host}:{hport}" if hport != "-" else host, status, outlier, name))
     return Table(("ENDPOINT", "STATUS", "OUTLIER CHECK", "CLUSTER"), rows)
+
+
+SECRET_COLUMNS = ("RESOURCE NAME", "TYPE", "STATUS", "VALID CERT", "SERIAL NUMBER", "NOT AFTER", "NOT BEFORE")
+
+
+def secrets_of(dump: Obj) -> list[tuple[str, str, Obj]]:
+    """(name, state, secret) of every secret the proxy holds: static ones (a bootstrap's) and SDS's active and
+    warming ones (Istio's proxyv2: ``default`` and ``ROOTCA`` from its agent)."""
+    sec = section(dump, "Secrets")
+    out: list[tuple[str, str, Obj]] = []
+    for key, state in (("static_secrets", "ACTIVE"), ("dynamic_active_secrets", "ACTIVE"),
+                       ("dynamic_warming_secrets", "WARMING")):  # fmt: skip
+        for s in sec.get(key) or []:
+            out.append((str(s.get("name", "")), state, s.get("secret") or {}))
+    return out
+
+
+def _pem(source: Obj) -> bytes | None:
+    """A DataSource's certificate text; None when it is a file in the proxy's own filesystem (or absent)."""
+    if source.get("inline_bytes"):
+        return base64.b64decode(str(source["inline_bytes"]))
+    if source.get("inline_string"):
+        return str(source["inline_string"]).encode()
+    return None
+
+
+def _time(at: datetime) -> str:
+    return at.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def secret_table(dump: Obj, now: datetime) -> Table:
+    """istioctl's secret columns: the first certificate of each secret's chain (or trusted CA), its type from
+    BasicConstraints (``CA`` / ``Cert Chain``), valid when ``now`` is inside its validity."""
+    from injector.certs import crypto  # cryptography: only this kind needs it
+
+    rows: list[tuple[str, ...]] = []
+    for name, state, secret in secrets_of(dump):
+        tls = secret.get("tls_certificate")
+        source = (
+            (tls or {}).get("certificate_chain") if tls else (secret.get("validation_context") or {}).get("trusted_ca")
+        )
+        pem = _pem(source or {})
+        if pem is None:
+            rows.append((name, "", state, "false", "", "", ""))
+            continue
+        try:
+            start, end = crypto.not_before(pem), crypto.not_after(pem)
+            kind = "CA" if crypto.is_ca(pem) else "Cert Chain"
+            serial = crypto.serial_hex(pem)
+        except ValueError:
+            rows.append((name, "", state, "false", "(not a PEM certificate)", "", ""))
+            continue
+        rows.append((name, kind, state, str(start <= now <= end).lower(), serial, _time(end), _time(start)))
+    return Table(SECRET_COLUMNS, rows)

@@ -8,13 +8,16 @@ itself needs a real API server, which cannot run here).
 
 from __future__ import annotations
 
+import functools
 import http.server
 import json
+import re
 import subprocess
 import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -59,10 +62,33 @@ def _move_ports(cfg: dict[str, Any]) -> dict[str, int]:
     return {str(k): v for k, v in moved.items()}
 
 
+@functools.cache
+def _secrets() -> tuple[tuple[dict[str, Any], ...], dict[str, bytes]]:
+    """Static secrets for the test's Envoy, shaped as Istio's proxyv2 holds them: ``default`` (a serving chain),
+    ``ROOTCA`` (a trusted CA), and ``old`` (a CA that expired last month); with each one's certificate."""
+    from injector.certs import crypto
+
+    ca = crypto.make_ca("test-root")
+    leaf = crypto.make_serving_cert(ca, "web", "shop")
+    old = crypto.make_ca("expired", days=1, now=datetime.now(UTC) - timedelta(days=30))
+
+    def chain(pair: crypto.KeyPair, extra: bytes = b"") -> dict[str, Any]:
+        return {"certificate_chain": {"inline_string": (pair.cert_pem + extra).decode()},
+                "private_key": {"inline_string": pair.key_pem.decode()}}  # fmt: skip
+
+    secrets = (
+        {"name": "default", "tls_certificate": chain(leaf, ca.cert_pem)},
+        {"name": "ROOTCA", "validation_context": {"trusted_ca": {"inline_string": ca.cert_pem.decode()}}},
+        {"name": "old", "tls_certificate": chain(old)},
+    )
+    return secrets, {"default": leaf.cert_pem, "ROOTCA": ca.cert_pem, "old": old.cert_pem}
+
+
 @pytest.fixture(scope="module")
 def envoy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, int]]]:
     cfg = _injected_bootstrap()
     ports = _move_ports(cfg)
+    cfg["static_resources"]["secrets"] = list(_secrets()[0])
     path = tmp_path_factory.mktemp("envoy") / "bootstrap.json"
     path.write_text(json.dumps(cfg))
     proc = subprocess.Popen([envoy_binary(), "--disable-hot-restart", "--config-path", str(path), "-l", "error"],
@@ -315,3 +341,59 @@ def test_the_level_spec_is_istioctls() -> None:
     for bad, says in [("", "names no level"), ("envoy::http", "expected LOGGER:LEVEL"), ("http:loud", "loud")]:
         with pytest.raises(levels.LevelError, match=says):
             levels.parse_spec(bad, known)
+
+
+# --- proxy-config secret ----------------------------------------------------------------------------------------
+
+
+def columns(text: str) -> list[list[str]]:
+    """Table rows split on the padding (two or more spaces): values such as "Cert Chain" hold one."""
+    return [re.split(r"\s{2,}", line.strip()) for line in text.strip().splitlines()]
+
+
+def test_secrets_show_istioctls_columns_read_from_the_certificates(
+    envoy: tuple[str, dict[str, int]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from injector.certs import crypto
+
+    pems = _secrets()[1]
+    rc, out, _ = pc(capsys, "secret", "--admin", envoy[0])
+    assert rc == 0
+    header, *body = columns(out)
+    assert header == ["RESOURCE NAME", "TYPE", "STATUS", "VALID CERT", "SERIAL NUMBER", "NOT AFTER", "NOT BEFORE"]
+
+    def expected(name: str, kind: str, valid: str) -> list[str]:
+        pem = pems[name]
+        when = [crypto.not_after(pem), crypto.not_before(pem)]
+        return [name, kind, "ACTIVE", valid, crypto.serial_hex(pem), *(w.strftime("%Y-%m-%dT%H:%M:%SZ") for w in when)]
+
+    want = [expected("default", "Cert Chain", "true"), expected("ROOTCA", "CA", "true"), expected("old", "CA", "false")]
+    assert sorted(body) == sorted(want)  # in Envoy's order, which is not the bootstrap's
+    rc, out, _ = pc(capsys, "secret", "--admin", envoy[0], "-o", "json")
+    assert rc == 0 and {s["name"] for s in json.loads(out)["static_secrets"]} == set(pems)
+    assert "BEGIN PRIVATE KEY" not in out  # Envoy redacts the keys; nothing of ours prints them
+
+
+def test_istio_sds_secrets_read_into_istioctls_columns() -> None:
+    """Istio's proxyv2 gets its secrets over SDS (dynamic_active/warming_secrets, certificates as base64
+    inline_bytes); a warming one without a certificate yet is listed with empty columns, as istioctl lists it."""
+    import base64
+
+    from injector.certs import crypto
+    from injector.proxy import tables
+
+    pem = _secrets()[1]["default"]
+    dump = {"configs": [{
+        "@type": "type.googleapis.com/envoy.admin.v3.SecretsConfigDump",
+        "dynamic_active_secrets": [{"name": "default", "secret": {"name": "default", "tls_certificate": {
+            "certificate_chain": {"inline_bytes": base64.b64encode(pem).decode()},
+            "private_key": {"inline_bytes": "W3JlZGFjdGVkXQ=="}}}}],
+        "dynamic_warming_secrets": [{"name": "file-root:/etc/certs/root-cert.pem", "secret": {}}],
+    }]}  # fmt: skip
+    table = tables.secret_table(dump, datetime.now(UTC))
+    assert [r[:5] for r in table.rows] == [
+        ("default", "Cert Chain", "ACTIVE", "true", crypto.serial_hex(pem)),
+        ("file-root:/etc/certs/root-cert.pem", "", "WARMING", "false", ""),
+    ]
+    later = datetime.now(UTC) + timedelta(days=400)  # past the serving certificate's 365 days
+    assert tables.secret_table(dump, later).rows[0][3] == "false"
