@@ -126,31 +126,24 @@ def run(args: argparse.Namespace) -> int:
     if args.kind == "log" and ((args.level and args.reset) or args.output != "short"):
         print("sidecar-injector proxy-config log: --level cannot be combined with --reset, nor -o", file=sys.stderr)
         return 2
-    if args.kind == "log":
-        try:
-            with _admin_url(args) as url:
-                sys.stdout.write(_log(args, url))
-        except levels.LevelError as e:
-            print(f"sidecar-injector proxy-config log: {e}; nothing was changed", file=sys.stderr)
-            return 2
-        except admin_api.ProxyConfigError as e:
-            print(f"sidecar-injector proxy-config: {e}", file=sys.stderr)
-            return 1
-        except ValueError as e:
-            print(f"sidecar-injector proxy-config: {url}/logging: {e}", file=sys.stderr)
-            return 1
-        return 0
+    what = "/logging" if args.kind == "log" else "/config_dump"
     try:
         with _admin_url(args) as url:
+            if args.kind == "log":
+                sys.stdout.write(_log(args, url))
+                return 0
             dump = admin_api.get_json(url, "/config_dump", args.timeout)
             tables.section(dump, "Bootstrap")  # ValueError when it is not a config dump
             needs_clusters = args.kind in ("endpoints", "all")
             clusters = admin_api.get_json(url, "/clusters?format=json", args.timeout) if needs_clusters else {}
+    except levels.LevelError as e:
+        print(f"sidecar-injector proxy-config log: {e}; nothing was changed", file=sys.stderr)
+        return 2
     except admin_api.ProxyConfigError as e:
         print(f"sidecar-injector proxy-config: {e}", file=sys.stderr)
         return 1
     except ValueError as e:
-        print(f"sidecar-injector proxy-config: {url}/config_dump: {e}", file=sys.stderr)
+        print(f"sidecar-injector proxy-config: {url}{what}: {e}", file=sys.stderr)
         return 1
     shown, raw = _selected(args, dump, clusters)
     if args.output == "json":
