@@ -33,7 +33,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import tempfile
 import threading
 import time
@@ -43,9 +42,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.pods import APP_PORT, app_pod, injector, shipped_images
-from bench.sidecar_tax import ISTIO_RSS_MB, TARGET_RSS_MIB, memory
+from bench.sidecar_tax import ISTIO_RSS_MB, TARGET_RSS_MIB, httpload_load, memory
 from injector.core.config import deep_merge
 from lab import podlab
+from lab.shell import LabError
 
 if TYPE_CHECKING:
     from lab.runtime import kubelet
@@ -165,27 +165,15 @@ def soak_rows(pod: kubelet.PodmanPod, requests: int, rate: float) -> Iterator[st
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     conns = 16
-    argv = [str(c_binary(ROOT / "bench" / "httpload.c", "httpload")), "load", pod.ip, str(APP_PORT)]
+    binary = c_binary(ROOT / "bench" / "httpload.c", "httpload")
     try:
-        res = subprocess.run(
-            [*argv, f"{rate:g}", f"{requests / rate:g}", str(conns), "keepalive", "1"],
-            capture_output=True,
-            text=True,
-            timeout=requests / rate + 60,
-            check=False,
-        )
+        out = httpload_load(binary, pod.ip, rate, requests / rate, conns, "keepalive", what="soak", timeout=60)
     finally:
         done.set()
         sampler.join()
-    try:
-        out = json.loads(res.stdout)
-    except json.JSONDecodeError:
-        raise SystemExit(f"httpload load: exit {res.returncode}: {res.stderr.strip()}") from None
     carried = pod.envoy_stats().get(inbound, 0) - before
-    if out["errors"] or out["unanswered"] or carried < conns:
-        raise SystemExit(
-            f"soak: {out['errors']} errors, {out['unanswered']} unanswered, {carried} connections via 15006"
-        )
+    if carried < conns:
+        raise LabError(f"soak: {carried} connections via 15006, {conns} opened: the load did not go through Envoy")
     yield (
         f"\nsoak: {out['ok']:,} requests at {rate:g} rps keep-alive from the node through the first pod's Envoy "
         f"({carried} connections on its inbound listener), p99 {out['p99_us'] / 1000:.3f} ms; {len(samples)} samples"

@@ -197,26 +197,38 @@ def pairs(flavor: str, binary: Path, inject_pod: Injector) -> Iterator[tuple[Pai
             raise LabError(f"the relay pair's traffic did not pass through both relays: {counts}")
 
 
-def load(pair: Pair, binary: Path, rate: float, seconds: float, conns: int, mode: str) -> dict[str, Any]:
-    """One httpload run from the client pod (as the app's uid) to the server pod's app port."""
-    argv = [str(binary), "load", pair.server.ip, str(pods.APP_PORT), str(rate), str(seconds), str(conns), mode, "1"]
-    res = sh(
-        "setpriv",
-        f"--reuid={APP_UID}",
-        f"--regid={APP_UID}",
-        "--clear-groups",
-        *argv,
-        ns=pair.client.ns,
-        check=False,
-        timeout=seconds + 30,
-    )
+def httpload_load(
+    binary: Path,
+    host: str,
+    rate: float,
+    seconds: float,
+    conns: int,
+    mode: str,
+    *,
+    what: str,
+    ns: str | None = None,
+    uid: int | None = None,
+    timeout: float = 30.0,
+) -> dict[str, Any]:
+    """One ``httpload load`` run to ``host``'s app port (from ``ns`` as ``uid`` when given, else from the node):
+    its JSON result; LabError naming ``what`` when it did not run, or a request failed or went unanswered."""
+    prefix = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"] if uid is not None else []
+    argv = [str(binary), "load", host, str(pods.APP_PORT), str(rate), str(seconds), str(conns), mode, "1"]
+    res = sh(*prefix, *argv, ns=ns, check=False, timeout=seconds + timeout)
     try:
         out: dict[str, Any] = json.loads(res.stdout)
     except json.JSONDecodeError:
-        raise LabError(f"httpload in {pair.label}: exit {res.returncode}: {res.stderr.strip()}") from None
+        raise LabError(f"httpload in {what}: exit {res.returncode}: {res.stderr.strip()}") from None
     if out["errors"] or out["unanswered"]:
-        raise LabError(f"{pair.label} {mode} at {rate} rps: {out['errors']} errors, {out['unanswered']} unanswered")
+        raise LabError(f"{what} {mode} at {rate} rps: {out['errors']} errors, {out['unanswered']} unanswered")
     return out
+
+
+def load(pair: Pair, binary: Path, rate: float, seconds: float, conns: int, mode: str) -> dict[str, Any]:
+    """One httpload run from the client pod (as the app's uid) to the server pod's app port."""
+    return httpload_load(
+        binary, pair.server.ip, rate, seconds, conns, mode, what=pair.label, ns=pair.client.ns, uid=APP_UID
+    )
 
 
 def cpu_seconds(pid: int) -> float:
