@@ -33,18 +33,25 @@ ENTRYPOINT ["python3", "/echo.py"]
 """
 
 
-def echo_image(base: str) -> str:
-    """Build (or find) the echo app image on ``base``; its name."""
-    text = CONTAINERFILE.format(base=base, uid=APP_UID)
-    digest = hashlib.sha256((text + ECHO_SOURCE.read_text()).encode()).hexdigest()[:12]
-    image = f"localhost/sidecar-injector-lab-echo:{digest}"
+def _build(name: str, containerfile: str, files: dict[str, bytes], mode: int = 0o644) -> str:
+    """Build (or find) ``localhost/sidecar-injector-lab-NAME:<hash of the Containerfile and the files>``, offline;
+    its name."""
+    digest = hashlib.sha256(containerfile.encode() + b"".join(files.values())).hexdigest()[:12]
+    image = f"localhost/sidecar-injector-lab-{name}:{digest}"
     if podman.image_exists(image):
         return image
-    with tempfile.TemporaryDirectory(prefix="lab-echo-") as d:
-        Path(d, "Containerfile").write_text(text)
-        Path(d, "echo.py").write_text(ECHO_SOURCE.read_text())
+    with tempfile.TemporaryDirectory(prefix=f"lab-{name}-") as d:
+        Path(d, "Containerfile").write_text(containerfile)
+        for file, data in files.items():
+            Path(d, file).write_bytes(data)
+            Path(d, file).chmod(mode)
         podman.cli("build", "--network", "none", "-q", "-f", f"{d}/Containerfile", "-t", image, d, timeout=300)
     return image
+
+
+def echo_image(base: str) -> str:
+    """Build (or find) the echo app image on ``base``; its name."""
+    return _build("echo", CONTAINERFILE.format(base=base, uid=APP_UID), {"echo.py": ECHO_SOURCE.read_bytes()})
 
 
 BINARY_CONTAINERFILE = """\
@@ -63,14 +70,4 @@ def binary_image(base: str, binary: Path, *args: str) -> str:
     text = BINARY_CONTAINERFILE.format(
         base=base, name=binary.name, uid=APP_UID, entrypoint=json.dumps([f"/{binary.name}", *args])
     )
-    digest = hashlib.sha256(text.encode() + binary.read_bytes()).hexdigest()[:12]
-    image = f"localhost/sidecar-injector-lab-{binary.name}:{digest}"
-    if podman.image_exists(image):
-        return image
-    with tempfile.TemporaryDirectory(prefix="lab-binary-") as d:
-        Path(d, "Containerfile").write_text(text)
-        target = Path(d, binary.name)
-        target.write_bytes(binary.read_bytes())
-        target.chmod(0o755)
-        podman.cli("build", "--network", "none", "-q", "-f", f"{d}/Containerfile", "-t", image, d, timeout=300)
-    return image
+    return _build(binary.name, text, {binary.name: binary.read_bytes()}, mode=0o755)
