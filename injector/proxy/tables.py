@@ -237,9 +237,7 @@ def secret_table(dump: Obj, now: datetime) -> Table:
     rows: list[tuple[str, ...]] = []
     for name, state, secret in secrets_of(dump):
         tls = secret.get("tls_certificate")
-        source = (
-            (tls or {}).get("certificate_chain") if tls else (secret.get("validation_context") or {}).get("trusted_ca")
-        )
+        source = tls.get("certificate_chain") if tls else (secret.get("validation_context") or {}).get("trusted_ca")
         pem = _pem(source or {})
         if pem is None:
             rows.append((name, "", state, "false", "", "", ""))
