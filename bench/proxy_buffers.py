@@ -29,7 +29,7 @@ from pathlib import Path
 
 from injector.core.envoy_bootstrap import bootstrap
 from lab import netlab
-from lab.shell import LabError
+from lab.shell import LabError, in_netns
 
 POD, PEER, PORT = "10.68.0.2", "10.68.0.1", 9090
 LIMITS = (
@@ -106,9 +106,8 @@ def anonymous_mib(pid: int) -> float:
 
 
 def app(ns: str, uid: int, script: str, *args: str, stdin: bool = False) -> subprocess.Popen[str]:
-    cmd = ["ip", "netns", "exec", ns, "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
     return subprocess.Popen(
-        [*cmd, sys.executable, "-c", script, *args],
+        [*in_netns(ns, uid), sys.executable, "-c", script, *args],
         stdin=subprocess.PIPE if stdin else None,
         stdout=subprocess.PIPE,
         text=True,

@@ -45,7 +45,7 @@ from typing import Any
 from bench import pods
 from bench.pods import Injector, app_pod, injector
 from lab import podlab
-from lab.shell import LabError, c_binary, sh
+from lab.shell import LabError, as_user, c_binary, in_netns, sh
 
 ROOT = Path(__file__).resolve().parents[1]
 APP_UID = 1000
@@ -123,7 +123,7 @@ def without_envoy(inject_pod: Injector) -> Injector:
 def start_httpload(ns: str, uid: int, gid: int, argv: list[str], log: Path, marker: str) -> subprocess.Popen[Any]:
     """``argv`` (an httpload mode) in network namespace ``ns`` as ``uid``:``gid``, its output in a new ``log``;
     returns once the log shows ``marker`` (the mode is listening), else kills it and says why."""
-    cmd = ["ip", "netns", "exec", ns, "setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", *argv]
+    cmd = [*in_netns(ns, uid, gid), *argv]
     with log.open("wb") as out:  # a new log per process: the marker must be this one's
         proc = subprocess.Popen(cmd, stdout=out, stderr=out)
     deadline = time.monotonic() + 5
@@ -212,7 +212,7 @@ def httpload_load(
 ) -> dict[str, Any]:
     """One ``httpload load`` run to ``host``'s app port (from ``ns`` as ``uid`` when given, else from the node):
     its JSON result; LabError naming ``what`` when it did not run, or a request failed or went unanswered."""
-    prefix = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"] if uid is not None else []
+    prefix = as_user(uid) if uid is not None else []
     argv = [str(binary), "load", host, str(pods.APP_PORT), str(rate), str(seconds), str(conns), mode, "1"]
     res = sh(*prefix, *argv, ns=ns, check=False, timeout=seconds + timeout)
     try:

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from lab.shell import LabError, envoy_binary
+from lab.shell import LabError, as_user, envoy_binary, in_netns
 
 # The istio-init arguments of Istio's sidecar template: what an injected pod's init container runs.
 SIDECAR_ARGS = (
@@ -117,10 +117,9 @@ class Proc:
     """A helper process inside a namespace, optionally as another uid/gid (setpriv)."""
 
     def __init__(self, ns: str, argv: Sequence[str], uid: int | None = None, gid: int | None = None) -> None:
-        cmd = ["ip", "netns", "exec", ns]
-        if uid is not None:
-            cmd += ["setpriv", f"--reuid={uid}", f"--regid={gid if gid is not None else uid}", "--clear-groups"]
-        self.p = subprocess.Popen([*cmd, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.p = subprocess.Popen(
+            [*in_netns(ns, uid, gid), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         assert self.p.stdout is not None
         self.first = self.p.stdout.readline()
         if not self.first:
@@ -165,14 +164,7 @@ def connect(ns: str, host: str, port: int, uid: int = 1000, timeout: float = 2.0
     )
     p = subprocess.run(
         [
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            "setpriv",
-            f"--reuid={uid}",
-            f"--regid={uid}",
-            "--clear-groups",
+            *in_netns(ns, uid),
             sys.executable,
             "-c",
             code,
@@ -228,7 +220,7 @@ def envoy(
     """Envoy with bootstrap ``boot`` in ``ns`` as the proxy's uid/gid 1337, ready (admin /ready answers 200
     LIVE); killed after. ``wrap`` is a command that execs the rest (``prlimit --nofile=...``): with ``ip netns
     exec`` and setpriv also exec'ing, the process is Envoy itself."""
-    cmd = ["ip", "netns", "exec", ns, *wrap, "setpriv", "--reuid=1337", "--regid=1337", "--clear-groups"]
+    cmd = ["ip", "netns", "exec", ns, *wrap, *as_user(1337)]
     cmd += [envoy_binary(), "--disable-hot-restart", "--config-yaml", json.dumps(boot)]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)

@@ -36,7 +36,7 @@ from lab import podspec, traffic
 from lab.netlab import normalize_save
 from lab.podspec import all_containers as all_containers
 from lab.podspec import expand as expand
-from lab.shell import LabError, console_script, envoy_binary, sh, stop_process
+from lab.shell import LabError, console_script, envoy_binary, in_netns, sh, stop_process
 from lab.traffic import HttpResult, http_get, parse_stats, start_echo
 
 Flavor = Literal["legacy", "nft", "native-nft"]
@@ -275,7 +275,7 @@ def _start_proxy(container: Mapping[str, Any], pod: RunningPod) -> subprocess.Po
         )
     argv[0] = envoy_binary()
     uid, gid = _run_as(container, pod.pod, 0)
-    cmd = ["ip", "netns", "exec", pod.ns, "setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", *argv]
+    cmd = [*in_netns(pod.ns, uid, gid), *argv]
     with pod.envoy_log.open("ab") as log:
         # `ip netns exec` and setpriv exec: the pid is Envoy's own.
         proc = subprocess.Popen(
@@ -318,8 +318,7 @@ def _run_post_start(container: Mapping[str, Any], pod: RunningPod, timeout: floa
     if "exec" in hook:
         uid, gid = _run_as(container, pod.pod, DEFAULT_APP_UID if name != PROXY_CONTAINER else 0)
         env = {"PATH": PATH_ENV, "HOME": "/", "HOSTNAME": pod.name, **_container_env(container, pod)}
-        cmd = ["ip", "netns", "exec", pod.ns, "setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
-        cmd += [str(a) for a in hook["exec"].get("command") or []]
+        cmd = [*in_netns(pod.ns, uid, gid), *(str(a) for a in hook["exec"].get("command") or [])]
         try:
             res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False)
         except subprocess.TimeoutExpired:

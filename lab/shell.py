@@ -19,6 +19,17 @@ class LabError(RuntimeError):
     """Something the lab could not do; the message says what and shows the evidence."""
 
 
+def as_user(uid: int, gid: int | None = None) -> list[str]:
+    """The command prefix that runs the rest as ``uid``/``gid`` (the uid when no gid), no supplementary groups."""
+    return ["setpriv", f"--reuid={uid}", f"--regid={uid if gid is None else gid}", "--clear-groups"]
+
+
+def in_netns(ns: str, uid: int | None = None, gid: int | None = None) -> list[str]:
+    """The command prefix that runs the rest in network namespace ``ns`` (as ``uid``/``gid`` when given). ``ip
+    netns exec`` and setpriv both exec, so the process started is the command itself."""
+    return ["ip", "netns", "exec", ns, *(as_user(uid, gid) if uid is not None else [])]
+
+
 def sh(
     *argv: str, ns: str | None = None, check: bool = True, input: str | None = None, timeout: float = 60.0
 ) -> subprocess.CompletedProcess[str]:

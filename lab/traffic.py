@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab.shell import LabError, stop_process
+from lab.shell import LabError, in_netns, stop_process
 
 
 def peer_of(body: str) -> str:
@@ -103,10 +103,7 @@ def http_get(
     ns: str, host: str, port: int, path: str = "/", *, uid: int | None = None, timeout: float = 2.0
 ) -> HttpResult:
     """One HTTP GET from inside network namespace ``ns`` (as ``uid``/``uid`` when given, else root)."""
-    cmd = ["ip", "netns", "exec", ns]
-    if uid is not None:
-        cmd += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
-    cmd += [sys.executable, "-I", "-S", "-c", _GET, host, str(port), path, str(timeout)]
+    cmd = [*in_netns(ns, uid), sys.executable, "-I", "-S", "-c", _GET, host, str(port), path, str(timeout)]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 10, check=False)
     try:
         out = json.loads(p.stdout)
@@ -160,8 +157,7 @@ def probe(ns: str, host: str, port: int, path: str | None, timeout: float = 1.0)
 
 
 def start_echo(ns: str, name: str, port: int, uid: int, log: Path, gid: int | None = None) -> subprocess.Popen[str]:
-    cmd = ["ip", "netns", "exec", ns, "setpriv", f"--reuid={uid}", f"--regid={uid if gid is None else gid}"]
-    cmd += ["--clear-groups", sys.executable, "-I", "-S", "-c", _ECHO, name, str(port)]
+    cmd = [*in_netns(ns, uid, gid), sys.executable, "-I", "-S", "-c", _ECHO, name, str(port)]
     with log.open("ab") as err:
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True

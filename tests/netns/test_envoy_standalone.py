@@ -18,6 +18,7 @@ import pytest
 
 from injector.core.envoy_bootstrap import bootstrap
 from lab import netlab
+from lab.shell import in_netns
 
 pytestmark = pytest.mark.requires_root
 
@@ -133,9 +134,8 @@ def test_more_than_envoys_default_1024_connections_pass_through_at_once(netns: s
         remote = netlab.Proc(peer, [sys.executable, "-c", HOLDER, "0.0.0.0", "9090"], uid=1000)
         try:
             with envoy(pod, tmp_path / "envoy.log"):
-                cmd = ["ip", "netns", "exec", pod, "setpriv", "--reuid=1000", "--regid=1000", "--clear-groups"]
                 opener = subprocess.Popen(
-                    [*cmd, sys.executable, "-c", OPENER, PEER, "9090", str(n)],
+                    [*in_netns(pod, 1000), sys.executable, "-c", OPENER, PEER, "9090", str(n)],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                     text=True,

@@ -24,7 +24,7 @@ import pytest
 
 from bench import pods, sidecar_tax
 from lab import netlab, podlab
-from lab.shell import sh
+from lab.shell import as_user, sh
 
 pytestmark = pytest.mark.requires_root
 
@@ -86,8 +86,7 @@ def request(host: str, mode: str) -> bytes:
 
 def as_app(pod: podlab.RunningPod, code: str, *args: str, timeout: float = 30.0) -> dict[str, Any]:
     """Python ``code`` run in ``pod`` as the app's uid; the JSON it prints."""
-    setpriv = ["setpriv", f"--reuid={APP_UID}", f"--regid={APP_UID}", "--clear-groups"]
-    res = sh(*setpriv, sys.executable, "-c", code, *args, ns=pod.ns, check=False, timeout=timeout)
+    res = sh(*as_user(APP_UID), sys.executable, "-c", code, *args, ns=pod.ns, check=False, timeout=timeout)
     assert res.returncode == 0, res.stderr
     out: dict[str, Any] = json.loads(res.stdout)
     return out
